@@ -152,11 +152,28 @@ def test_fit_decoder_is_reinitialised(tmp_path):
     assert weights and all(abs(float(w.detach().std()) - 0.02) < 0.005 for w in weights if w[0].numel() > 500)
 
 
-def test_fit_encoder_bn_eval_uses_running_statistics(tmp_path):
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fit_encoder_bn_mode_holds_during_a_lightning_fit(tmp_path, mode):
+    """Without any ``.train()`` call by the user, the encoder runs in the requested mode inside Trainer.fit."""
     _, path = pretrain(tmp_path, steps=2)
-    fitter = UGoDITFit(weights=str(path), encoder_bn="eval")
-    fitter.train()
-    assert not fitter.encoder.training and fitter.decoders.training
+    test = mri_batch(num=1, size=32, seed=7)
+    fitter = UGoDITFit(weights=str(path), encoder_bn=mode)
+    seen = []
+    fitter.encoder.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    fit(fitter, test, 2)
+    assert seen and all(training == (mode == "train") for training in seen)
+    assert fitter.decoders.training
+
+
+def test_fit_encoder_bn_eval_and_train_give_different_outputs(tmp_path):
+    _, path = pretrain(tmp_path, steps=2)
+    test = mri_batch(num=1, size=32, seed=7)
+    outputs = {}
+    for mode in ("train", "eval"):
+        fitter = UGoDITFit(weights=str(path), encoder_bn=mode)
+        fit(fitter, test, 2)
+        outputs[mode] = fitter.current_output
+    assert not torch.allclose(outputs["train"], outputs["eval"])
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):

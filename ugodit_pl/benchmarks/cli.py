@@ -138,10 +138,8 @@ def run_suite(suite: str, preset: str = "quick", out: str = "benchmarks/results"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if stem != suite:
-        scratch = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
-    else:
-        scratch = out_dir
+    # plots are written to a fresh folder first, so that only this run's plots are listed and moved
+    scratch = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
     before = machine_info(command=command, device=device)
     start = time.perf_counter()
     try:
@@ -149,12 +147,10 @@ def run_suite(suite: str, preset: str = "quick", out: str = "benchmarks/results"
         plots = []
         for png in sorted(scratch.glob(f"{suite}*.png")):
             target = out_dir / (stem + png.name[len(suite):])
-            if png != target:
-                os.replace(png, target)
+            os.replace(png, target)
             plots.append(target.name)
     finally:
-        if scratch != out_dir:
-            shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     wall = time.perf_counter() - start
     after_load = machine_info(command=command, device=device)["load_average"]
     machine = dict(before, load_average_start=before.pop("load_average"), load_average_end=after_load)
@@ -176,9 +172,11 @@ def run_suite(suite: str, preset: str = "quick", out: str = "benchmarks/results"
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``ugodit benchmark`` (``argv`` without the ``benchmark`` word); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "benchmark":  # also accept the full ``ugodit`` argument list
+        argv = argv[1:]
     parser = _parser()
     if not argv or argv[0] in ("-h", "--help"):
-        parser.print_usage(sys.stdout)
+        parser.print_help(sys.stdout)
         return 0
     args = parser.parse_args(argv)
     try:

@@ -283,7 +283,8 @@ def fit_method(
         lg.setLevel(logging.WARNING)  # no "GPU available" / "Trainer.fit stopped" banners per fit
     with warnings.catch_warnings():
         warnings.filterwarnings(
-            "ignore", message=r".*(does not have many workers|IterableDataset|validation_step|LeafSpec|litlogger).*")
+            "ignore", message=r".*(does not have many workers|IterableDataset|validation_step|LeafSpec|litlogger|"
+                       r"in eval mode at the start of training).*")
         trainer = pl.Trainer(
             max_steps=int(steps), accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks), precision=precision,

@@ -165,12 +165,16 @@ class UGoDITFit(SequentialInputObjective):
         reinit_decoder_(decoder, self.seed)
         self.decoders = ModuleStack(decoder, self.num_measurements)
         self.save_hyperparameters()
+        self.train(self.training)  # Lightning >= 2.2 keeps a module's modes at fit start: set them now
 
     def train(self, mode: bool = True) -> "UGoDITFit":
         super().train(mode)
         if self.encoder_bn == "eval":
             self.encoder.eval()
         return self
+
+    def on_train_start(self) -> None:
+        self.train(True)  # also after a user's own ``.train()`` / ``.eval()`` calls on submodules
 
     def network_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
