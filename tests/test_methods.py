@@ -294,3 +294,40 @@ def test_mri_reconstructions_are_zero_outside_the_coil_support():
     method = fit(ASeqDIP(network="unet", network_args=TINY_UNET), batch, 2)
     assert float(method.all_reconstructions()[..., :4].abs().max()) == 0.0
     assert float(method.all_reconstructions()[..., 4:].abs().max()) > 0.0
+
+
+class OutputRecorder(pl.Callback):
+    """Keeps the (normalised-unit) outputs f(z) of every step and the EMA after it."""
+
+    def __init__(self):
+        self.outputs, self.emas = [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.outputs.append(module.last.clone())
+        self.emas.append(module.ema.clone())
+
+
+@pytest.mark.parametrize("corrected", [True, False])
+def test_ema_is_the_weighted_average_of_the_outputs(corrected):
+    """EMA after t outputs: the bias-corrected average sum (1-d) d^(t-k) out_k / (1 - d^t), or the authors' recursion."""
+    batch = mri_batch(num=1, size=32)
+    recorder = OutputRecorder()
+    method = ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2, ema_decay=0.7, ema_bias_correction=corrected)
+    trainer(6, callbacks=[recorder]).fit(method, loader(batch, 6))
+    d = 0.7
+    for t in range(1, 7):
+        outs = recorder.outputs[:t]
+        if corrected:
+            expected = sum((1 - d) * d ** (t - 1 - k) * out for k, out in enumerate(outs)) / (1 - d**t)
+        else:
+            expected = outs[0]
+            for out in outs[1:]:
+                expected = d * expected + (1 - d) * out
+        torch.testing.assert_close(recorder.emas[t - 1], expected, rtol=1e-5, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("network, args, expected", [("unet", TINY_UNET, 0.1), ("skip", TINY_SKIP, 0.01)])
+def test_self_guided_input_lr_defaults_per_network(network, args, expected):
+    assert SelfGuidedDIP(network=network, network_args=args).input_lr == expected
+    assert SelfGuidedDIP(network=network, network_args=args, input_lr=0.5).input_lr == 0.5

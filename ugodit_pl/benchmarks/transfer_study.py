@@ -11,8 +11,10 @@ aSeqDIP under the same settings".
 Studied (``VARIANTS``): pre-training group size M (1, 2, default, 8), pre-training data close to the
 test image (the real brain only) or far from it (photographs only), pre-training length (a quarter),
 encoder BatchNorm at test time (train / eval), lambda, N, the input-update rule (sequential /
-data-consistent), the test-time learning rate, EMA vs last output (from the same runs), and
-network width (``full`` only).
+data-consistent, with the notebooks' unsquared norm), the test-time learning rate, lambda and
+learning rate together (pre-trained with them too), the EMA with or without bias correction, EMA vs
+last output (from the same runs), and network width (``full`` only). Run a subset with
+``--set 'variants=[...]'`` (e.g. one process for the data variants and one for the settings).
 
 Per variant: final PSNR of the EMA (and last) output, best PSNR on the curve, PSNR at an early
 step (a quarter of the budget), steps to reach aSeqDIP's final PSNR, and the same for its aSeqDIP
@@ -52,6 +54,7 @@ PRETRAININGS: Dict[str, Tuple[bool, Optional[int], float, Dict[str, Any]]] = {
     "M8": (True, 7, 1.0, {}),
     "photos_only": (False, None, 1.0, {}),
     "short": (True, None, 0.25, {}),
+    "lam0.1_lr1e-3": (True, None, 1.0, {"lam": 0.1, "lr": 1e-3}),
 }
 
 #: (label, pre-training group, fit keyword arguments shared with the aSeqDIP partner,
@@ -65,9 +68,14 @@ VARIANTS: List[Tuple[str, str, Dict[str, Any], Dict[str, Any], Optional[Dict[str
     ("pre-training 1/4 as long", "short", {}, {}, None),
     ("encoder BatchNorm eval", "default", {}, {"encoder_bn": "eval"}, None),
     ("lambda = 0.5", "default", {"lam": 0.5}, {}, None),
+    ("lambda = 0.1", "default", {"lam": 0.1}, {}, None),
     ("N = 1", "default", {"update_every": 1}, {}, None),
     ("data-consistent input update", "default", {"input_update": "data_consistent"}, {}, None),
+    ("notebooks: l2 norm, data-consistent update, N = 1", "default",
+     {"loss_norm": "l2", "input_update": "data_consistent", "update_every": 1}, {}, None),
     ("fit lr 1e-3", "default", {"lr": 1e-3}, {}, None),
+    ("lambda = 0.1, lr 1e-3 (pre-training too)", "lam0.1_lr1e-3", {"lam": 0.1, "lr": 1e-3}, {}, None),
+    ("EMA without bias correction (authors')", "default", {"ema_bias_correction": False}, {}, None),
 ]
 WIDE = {"channels": [32, 64, 128, 128]}
 

@@ -49,6 +49,19 @@ def world_size(module: pl.LightningModule) -> int:
     return trainer.world_size
 
 
+def adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam, with the fused kernel when every tensor is a floating-point CPU or CUDA tensor.
+
+    The fused kernel does one pass over all tensors instead of a dozen small ops per tensor: 1.4 ms
+    instead of 5.5 ms per step for the width-16 U-Net on one CPU thread (docs/RESULTS.md, speed).
+
+    >>> adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1).defaults["fused"]
+    True
+    """
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 class ReconstructionMethod(pl.LightningModule):
     """Base class of the methods. See the module docstring for the contract.
 
@@ -63,6 +76,9 @@ class ReconstructionMethod(pl.LightningModule):
         output: what ``reconstruction`` returns: ``"ema"`` (exponential moving average of the
             outputs) or ``"last"``.
         ema_decay: EMA weight of the past (0.99 in the authors' code).
+        ema_bias_correction: divide the EMA by ``1 - ema_decay**t`` after t outputs (as Adam does with
+            its moments), so that early EMAs are averages of the outputs seen so far rather than
+            dominated by the first, random output; False = the authors' uncorrected EMA.
         normalize: divide each measurement by its scale (DESIGN.md "Scale") and undo it on the
             outputs; None = only for complex (MRI) measurements.
         normalize_percentile: the percentile of |A^H y| that the scale maps to 1.
@@ -81,6 +97,7 @@ class ReconstructionMethod(pl.LightningModule):
         loss_norm: str = "mse",
         output: str = "ema",
         ema_decay: float = 0.99,
+        ema_bias_correction: bool = True,
         normalize: Optional[bool] = None,
         normalize_percentile: float = 99.0,
         input_init: str = "measurement",
@@ -102,6 +119,7 @@ class ReconstructionMethod(pl.LightningModule):
         self.loss_norm = loss_norm
         self.output = output
         self.ema_decay = float(ema_decay)
+        self.ema_bias_correction = bool(ema_bias_correction)
         self.normalize = normalize
         self.normalize_percentile = float(normalize_percentile)
         self.input_init = input_init
@@ -110,6 +128,7 @@ class ReconstructionMethod(pl.LightningModule):
         # Fitting state: created from the first batch, (N, ...) rows, in normalised units.
         self.register_buffer("inputs", None, persistent=False)
         self.register_buffer("ema", None, persistent=False)
+        self.register_buffer("ema_count", None, persistent=False)
         self.register_buffer("last", None, persistent=False)
         self.register_buffer("scales", None, persistent=False)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -273,17 +292,34 @@ class ReconstructionMethod(pl.LightningModule):
         """Update the EMA and last-output rows of this batch; expose them in measurement units."""
         if self.ema is None:
             self.ema = output.new_zeros((self.num_measurements, *output.shape[1:]))
-            self.ema[index] = output
             self.last = torch.zeros_like(self.ema)
-        else:
-            self.ema[index] = self.ema_decay * self.ema[index] + (1.0 - self.ema_decay) * output
+            self.ema_count = output.new_zeros(self.num_measurements)
+        past = self._ema_past_weight(self.ema_count[index]).view(-1, *([1] * (output.ndim - 1)))
+        self.ema[index] = past * self.ema[index] + (1.0 - past) * output
+        self.ema_count[index] += 1
         self.last[index] = output
         self.ema = self._share_rows(self.ema, index)
         self.last = self._share_rows(self.last, index)
+        self.ema_count = self._share_rows(self.ema_count, index)
         scale = self.scales[index]
         self.current_output = undo_scale(output, scale)
         self.ema_output = undo_scale(self.ema[index], scale)
         self.last_index = index
+
+    def _ema_past_weight(self, count: torch.Tensor) -> torch.Tensor:
+        """Weight of the old EMA for rows that have had ``count`` outputs (0 for a first output).
+
+        With bias correction the EMA after t outputs equals sum_k (1 - d) d^(t-k) out_k / (1 - d^t),
+        which this weight, d (1 - d^n) / (1 - d^(n+1)) for n = count, produces step by step.
+
+        >>> m = ReconstructionMethod(ema_decay=0.5)
+        >>> m._ema_past_weight(torch.tensor([0.0, 1.0, 50.0]))
+        tensor([0.0000, 0.3333, 0.5000])
+        """
+        decay = self.ema_decay
+        if not self.ema_bias_correction:
+            return torch.where(count > 0, torch.full_like(count, decay), torch.zeros_like(count))
+        return decay * (1.0 - decay**count) / (1.0 - decay ** (count + 1))
 
     @property
     def reconstruction(self) -> Optional[torch.Tensor]:
@@ -340,8 +376,8 @@ class ReconstructionMethod(pl.LightningModule):
         }
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.lr)
+        """Adam over the trainable parameters (fused where torch has the kernel, see ``adam``)."""
+        return adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
 
     # ----------------------------------------------------------------- state
     def get_extra_state(self) -> Dict[str, Any]:
@@ -349,6 +385,7 @@ class ReconstructionMethod(pl.LightningModule):
         return {
             "inputs": self.inputs,
             "ema": self.ema,
+            "ema_count": self.ema_count,
             "last": self.last,
             "scales": self.scales,
             "names": list(self.names),
@@ -357,7 +394,7 @@ class ReconstructionMethod(pl.LightningModule):
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         device = next(iter(self.parameters()), torch.empty(0)).device
-        for key in ("inputs", "ema", "last", "scales"):
+        for key in ("inputs", "ema", "ema_count", "last", "scales"):
             value = state.get(key)
             setattr(self, key, None if value is None else value.to(device))
         self.names = list(state.get("names", self.names))
