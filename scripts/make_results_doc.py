@@ -8,7 +8,8 @@ Usage::
 
 Every table is read from the JSON files (nothing is typed in by hand); each section names the
 command that produced it, the git revision and the machine, and whether the timings were taken
-under load.
+under load. The one hand-written part, ``benchmarks/results/decisions.md`` (which defaults the
+results changed, with before/after figures and the files they come from), is included verbatim.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from ugodit_pl.benchmarks.cli import timing_note  # noqa: E402
+
+#: Hand-written record of the default changes, with the before/after figures and the files they come from.
+DECISIONS = "decisions.md"
 ORDER = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study")
 
 MRI_ROWS = (
@@ -312,6 +316,9 @@ def render(results_dir: Path, out_file: Path) -> str:
         lines.append("No results yet.")
     else:
         lines += ["## Summary", ""] + summary(docs) + [""]
+    decisions = results_dir / DECISIONS
+    if decisions.is_file():
+        lines += ["## Defaults chosen from these results", "", decisions.read_text(encoding="utf-8").strip(), ""]
     for path, doc in docs:
         suite = doc["suite"]
         lines += [f"## {TITLES[suite]} (`{doc.get('name', suite)}`, preset `{doc['preset']}`)", "", provenance(doc), "",

@@ -257,6 +257,22 @@ def test_transfer_study_tiny(tmp_path, data_dir):
     assert result["variants"][2]["fit_kwargs"] == {"lam": 0.5}
     assert (tmp_path / "transfer-study.png").is_file()
 
+    # the results document: the study's table and the hand-written decisions, included verbatim
+    (tmp_path / "decisions.md").write_text("- lambda: 2 -> 0.1, see the table.\n", encoding="utf-8")
+    text = _results_doc_module().render(tmp_path, tmp_path / "RESULTS.md")
+    assert "## Defaults chosen from these results\n\n- lambda: 2 -> 0.1, see the table." in text
+    assert "| encoder BatchNorm eval |" in text and "transfer study, UGoDIT - aSeqDIP" in text
+
+
+def _results_doc_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_results_doc.py"
+    spec = importlib.util.spec_from_file_location("make_results_doc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def test_named_variant_run_with_method_args(tmp_path, data_dir):
     argv = ["sr-quality", "--preset", "tiny", "--out", str(tmp_path), "--threads", "1", "--data", str(data_dir),

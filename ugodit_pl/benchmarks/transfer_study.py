@@ -10,7 +10,8 @@ aSeqDIP under the same settings".
 
 Studied (``VARIANTS``): pre-training group size M (1, 2, default, 8), pre-training data close to the
 test image (the real brain only) or far from it (photographs only), pre-training length (a quarter),
-encoder BatchNorm at test time (train / eval), lambda, N, the input-update rule (sequential /
+a control with an untrained encoder (one pre-training step: what the UGoDIT fit gives without
+transfer), encoder BatchNorm at test time (train / eval), lambda, N, the input-update rule (sequential /
 data-consistent, with the notebooks' unsquared norm), the test-time learning rate, lambda and
 learning rate together (pre-trained with them too), the EMA with or without bias correction, EMA vs
 last output (from the same runs), and network width (``full`` only). Run a subset with
@@ -54,6 +55,7 @@ PRETRAININGS: Dict[str, Tuple[bool, Optional[int], float, Dict[str, Any]]] = {
     "M8": (True, 7, 1.0, {}),
     "photos_only": (False, None, 1.0, {}),
     "short": (True, None, 0.25, {}),
+    "untrained": (True, None, 0.0, {}),        # one step: a control, the encoder as initialised
     "lam0.1_lr1e-3": (True, None, 1.0, {"lam": 0.1, "lr": 1e-3}),
 }
 
@@ -66,6 +68,7 @@ VARIANTS: List[Tuple[str, str, Dict[str, Any], Dict[str, Any], Optional[Dict[str
     ("M = 8", "M8", {}, {}, None),
     ("far data (photographs only)", "photos_only", {}, {}, None),
     ("pre-training 1/4 as long", "short", {}, {}, None),
+    ("untrained encoder (1 pre-training step)", "untrained", {}, {}, None),
     ("encoder BatchNorm eval", "default", {}, {"encoder_bn": "eval"}, None),
     ("lambda = 0.5", "default", {"lam": 0.5}, {}, None),
     ("lambda = 0.1", "default", {"lam": 0.1}, {}, None),

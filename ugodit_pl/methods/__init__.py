@@ -1,8 +1,9 @@
 """The methods as LightningModules: DIP, reference-guided DIP, Self-Guided DIP, aSeqDIP, UGoDIT.
 
 >>> from ugodit_pl.methods import ASeqDIP
->>> ASeqDIP(network="unet", network_args={"channels": [4, 8, 8, 8]}).lam
-2.0
+>>> method = ASeqDIP(network="unet", network_args={"channels": [4, 8, 8, 8]})
+>>> method.lam, method.lr
+(0.1, 0.001)
 """
 
 from ugodit_pl._lazy import lazy_getattr

@@ -31,8 +31,6 @@ from ugodit_pl.methods.transferable import (
 from ugodit_pl.nets import ModuleStack, reinit_decoder_
 
 ENCODER_BN_MODES = ("train", "eval")
-# The authors' test-time learning rates (DESIGN.md): 4e-4 for the MRI U-Net, 0.01 for the skip net.
-DEFAULT_FIT_LR = {"unet": 4e-4, "skip": 0.01}
 
 
 class UGoDITPretrain(SequentialInputObjective):
@@ -43,7 +41,7 @@ class UGoDITPretrain(SequentialInputObjective):
         weights_path: where to write the transferable weights at the end of training (also
             see ``ugodit_pl.callbacks.TransferableWeightsCheckpoint``); None writes nothing.
         **kwargs: the arguments of ``SequentialInputObjective`` and ``ReconstructionMethod``
-            (``lr`` defaults to 3e-4 for the U-Net and 0.01 for the skip net).
+            (``lr`` and ``lam`` default to ``SEQUENTIAL_DEFAULTS``: 1e-3 and 0.1 for the U-Net, 0.01 and 2 for the skip net).
 
     Example::
 
@@ -118,7 +116,8 @@ class UGoDITFit(SequentialInputObjective):
     Args:
         weights: path of the transferable-weights file written by ``UGoDITPretrain``.
         network, network_args: optional; if given they must match the file's architecture.
-        lr: decoder learning rate; None = 4e-4 (U-Net) or 0.01 (skip net).
+        lr: decoder learning rate; None = ``SEQUENTIAL_DEFAULTS`` (1e-3 for the U-Net, chosen by the
+            transfer study over the authors' 4e-4; 0.01 for the skip net).
         **kwargs: the arguments of ``SequentialInputObjective`` and ``ReconstructionMethod``.
 
     Example::
@@ -147,8 +146,6 @@ class UGoDITFit(SequentialInputObjective):
             )
         if encoder_bn not in ENCODER_BN_MODES:
             raise ValueError(f"encoder_bn must be one of {ENCODER_BN_MODES}, got {encoder_bn!r}")
-        if lr is None:
-            lr = DEFAULT_FIT_LR.get(file_network)
         super().__init__(network=file_network, network_args=file_args, lr=lr, **kwargs)
         self.weights = str(weights)
         self.encoder_bn = encoder_bn
