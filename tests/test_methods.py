@@ -326,7 +326,6 @@ def test_ema_is_the_weighted_average_of_the_outputs(corrected):
         torch.testing.assert_close(recorder.emas[t - 1], expected, rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("network, args, expected", [("unet", TINY_UNET, 0.1), ("skip", TINY_SKIP, 0.01)])
 def test_self_guided_input_lr_defaults_per_network(network, args, expected):
     assert SelfGuidedDIP(network=network, network_args=args).input_lr == expected

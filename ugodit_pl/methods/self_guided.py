@@ -25,8 +25,8 @@ from ugodit_pl.operators.base import Operator
 
 
 #: Default Adam learning rate of the input z per network. On 4x super-resolution of FFHQ 00002
-#: (``ugodit benchmark sr-quality --preset quick``) the skip net gave 15.65 dB with 0.1 and 27.39 dB
-#: with 0.01.
+#: (``ugodit benchmark sr-quality --preset quick``) the skip net gave 15.65 dB with 0.1 and 27.48 dB
+#: with 0.01 (docs/RESULTS.md).
 DEFAULT_INPUT_LR = {"unet": 0.1, "skip": 0.01}
 
 
