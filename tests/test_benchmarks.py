@@ -284,3 +284,13 @@ def test_named_variant_run_with_method_args(tmp_path, data_dir):
     assert document["result"]["methods"]["self_guided_dip"]["settings"]["input_lr"] == 0.01
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr-quality_sgdip-lr.json", "sr-quality_sgdip-lr.png"]
     assert cli.main(["speed", "--preset", "tiny", "--out", str(tmp_path), "--name", "other"]) == 2
+
+
+def test_transfer_study_presets_name_known_variants():
+    from ugodit_pl.benchmarks.transfer_study import PRESETS, _variant
+
+    for preset in PRESETS.values():
+        for label in preset["variants"]:
+            assert _variant(label)[0] == label
+    with pytest.raises(ValueError, match="unknown transfer-study variant"):
+        _variant("no such variant")
