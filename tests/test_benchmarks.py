@@ -20,15 +20,6 @@ from ugodit_pl.benchmarks.common import (
     write_json,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.fixture
-def data_dir() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (the project's ../shared/data)")
-    return SHARED_DATA
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -162,8 +153,8 @@ def test_pretrain_step_batched_and_looped_compute_the_same_loss():
     assert torch.allclose(batched, torch.cat(looped), rtol=1e-4, atol=1e-6)
 
 
-def test_mri_quality_suite_tiny(tmp_path, data_dir):
-    document = _run("mri-quality", tmp_path, data_dir)
+def test_mri_quality_suite_tiny(tmp_path, shared_data):
+    document = _run("mri-quality", tmp_path, shared_data)
     result = document["result"]
     outcome = result["accelerations"]["4x"]
     methods = outcome["methods"]
@@ -188,7 +179,7 @@ def test_mri_quality_suite_tiny(tmp_path, data_dir):
     assert (tmp_path / "mri-quality_4x.png").is_file() and document["plots"] == ["mri-quality_4x.png"]
 
 
-def test_mri_quality_zero_filled_matches_an_independent_computation(data_dir):
+def test_mri_quality_zero_filled_matches_an_independent_computation(shared_data):
     """The zero-filled PSNR of the suite equals a direct computation from the file (same mask, maps, target)."""
     import h5py
 
@@ -197,12 +188,12 @@ def test_mri_quality_zero_filled_matches_an_independent_computation(data_dir):
     from ugodit_pl.metrics import psnr
 
     preset = PRESETS["tiny"]
-    problem = test_problem(data_dir, 4.0, 0.16, preset, cache=None)
+    problem = test_problem(shared_data, 4.0, 0.16, preset, cache=None)
     batch = problem["batch"]
     recon = _classical(batch, preset)["zero_filled"]()
     support = support_of(batch)
     ours = _metrics(recon[None], problem["targets"], support)["rss"]["psnr"]
-    with h5py.File(data_dir / "mri" / "espirit_brain_full.h5", "r") as handle:
+    with h5py.File(shared_data / "mri" / "espirit_brain_full.h5", "r") as handle:
         kspace = torch.from_numpy(handle["kspace"][0])
     h, w = 48, 40
     top, left = (230 - h) // 2, (180 - w) // 2
@@ -215,8 +206,8 @@ def test_mri_quality_zero_filled_matches_an_independent_computation(data_dir):
     assert ours == pytest.approx(expected, abs=1e-3)
 
 
-def test_sr_quality_suite_tiny(tmp_path, data_dir):
-    document = _run("sr-quality", tmp_path, data_dir)
+def test_sr_quality_suite_tiny(tmp_path, shared_data):
+    document = _run("sr-quality", tmp_path, shared_data)
     result = document["result"]
     assert set(result["methods"]) == {"bilinear", "dip", "self_guided_dip", "aseqdip", "ugodit"}
     assert result["pretraining"]["M"] == 4 and "00002.png" not in result["pretraining"]["images"]
@@ -229,8 +220,8 @@ def test_sr_quality_suite_tiny(tmp_path, data_dir):
     assert (tmp_path / "sr-quality.png").is_file()
 
 
-def test_early_stopping_suite_tiny(tmp_path, data_dir):
-    document = _run("early-stopping", tmp_path, data_dir)
+def test_early_stopping_suite_tiny(tmp_path, shared_data):
+    document = _run("early-stopping", tmp_path, shared_data)
     task = document["result"]["tasks"]["denoise"]
     assert task["max_steps"] == 12
     assert task["best_psnr"] >= max(task["curve"]["psnr"]) - 1e-6
@@ -238,15 +229,15 @@ def test_early_stopping_suite_tiny(tmp_path, data_dir):
     assert (tmp_path / "early-stopping.png").is_file()
 
 
-def test_overrides_are_applied_and_recorded(tmp_path, data_dir):
-    document = _run("sr-quality", tmp_path, data_dir, "--set", "steps=2", "--set", 'methods=["aseqdip"]')
+def test_overrides_are_applied_and_recorded(tmp_path, shared_data):
+    document = _run("sr-quality", tmp_path, shared_data, "--set", "steps=2", "--set", 'methods=["aseqdip"]')
     assert document["overrides"] == {"steps": 2, "methods": ["aseqdip"]}
     assert set(document["result"]["methods"]) == {"bilinear", "aseqdip"}
     assert document["result"]["methods"]["aseqdip"]["curves"]["ema"]["steps"] == [1, 2]
 
 
-def test_transfer_study_tiny(tmp_path, data_dir):
-    document = _run("transfer-study", tmp_path, data_dir)
+def test_transfer_study_tiny(tmp_path, shared_data):
+    document = _run("transfer-study", tmp_path, shared_data)
     result = document["result"]
     labels = [v["label"] for v in result["variants"]]
     assert labels == ["default", "encoder BatchNorm eval", "lambda = 0.5"]
@@ -274,8 +265,8 @@ def _results_doc_module():
     return module
 
 
-def test_named_variant_run_with_method_args(tmp_path, data_dir):
-    argv = ["sr-quality", "--preset", "tiny", "--out", str(tmp_path), "--threads", "1", "--data", str(data_dir),
+def test_named_variant_run_with_method_args(tmp_path, shared_data):
+    argv = ["sr-quality", "--preset", "tiny", "--out", str(tmp_path), "--threads", "1", "--data", str(shared_data),
             "--name", "sr-quality_sgdip-lr", "--set", 'methods=["self_guided_dip"]',
             "--set", 'method_args={"self_guided_dip": {"input_lr": 0.01}}']
     assert cli.main(argv) == 0
