@@ -52,6 +52,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from ugodit_pl.atomic import atomic_path
+from ugodit_pl.complex import magnitude
 from ugodit_pl.callbacks.early_stopping import row_ids
 
 PARTIAL_DIR = ".partial"
@@ -78,18 +79,10 @@ def _image_stem(name: str) -> str:
 
 
 def _magnitude(image: torch.Tensor) -> np.ndarray:
-    """(C, H, W) network output -> (H, W) float32 magnitude (2 channels: real/imaginary)."""
-    image = image.detach().float().cpu()
-    if image.is_complex():
-        return image.abs().squeeze(0).numpy().astype(np.float32) if image.ndim == 3 else image.abs().numpy()
-    if image.shape[0] == 2:
-        return image.pow(2).sum(dim=0).sqrt().numpy().astype(np.float32)
-    if image.shape[0] == 1:
-        return image[0].abs().numpy().astype(np.float32)
-    raise ValueError(
-        f"ReconstructionWriter: an MRI reconstruction must have 1 (magnitude) or 2 (real, imaginary) channels, "
-        f"got {image.shape[0]}"
-    )
+    """(C, H, W) network output (2 channels: real/imaginary; 1 channel) or a complex (H, W) image -> (H, W) float32."""
+    image = image.detach().cpu()
+    batch = image.reshape(1, *image.shape[-2:]) if image.is_complex() else image.float().unsqueeze(0)
+    return magnitude(batch)[0, 0].float().numpy()
 
 
 def _png_bytes(array: np.ndarray, stream: Any) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from ugodit_pl.benchmarks.cli import timing_note  # noqa: E402
+from ugodit_pl.apps.benchmarks.cli import timing_note  # noqa: E402
 
 #: Hand-written record of the default changes, with the before/after figures and the files they come from.
 DECISIONS = "decisions.md"

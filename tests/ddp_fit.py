@@ -48,7 +48,7 @@ def main(kind: str, devices: int, out: str) -> None:
         torch.save(
             {
                 "parameters": {k: v.detach() for k, v in method.named_parameters()},
-                "inputs": method.inputs,
+                "inputs": method.fit_state.inputs,
                 "reconstructions": method.all_reconstructions(),
             },
             out,

@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ugodit_pl.benchmarks import cli
-from ugodit_pl.benchmarks.common import (
-    CurveTracker,
-    machine_info,
-    plot_curves,
-    read_json,
-    steps_to_reach,
-    to_jsonable,
-    write_json,
-)
+from ugodit_pl.apps.benchmarks import cli
+from ugodit_pl.apps.benchmarks.common import CurveTracker, plot_curves, steps_to_reach
+from ugodit_pl.apps.io import machine_info, read_json, to_jsonable, write_json
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +119,7 @@ def test_speed_suite_tiny(tmp_path):
 
 
 def test_speed_flop_count_is_exact_for_a_convolution():
-    from ugodit_pl.benchmarks.speed import count_flops
+    from ugodit_pl.apps.benchmarks.speed import count_flops
 
     conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
     x = torch.randn(1, 3, 8, 8)
@@ -135,22 +128,24 @@ def test_speed_flop_count_is_exact_for_a_convolution():
 
 def test_pretrain_step_batched_and_looped_compute_the_same_loss():
     """The two timed paths must do the same work: equal losses from the same weights."""
-    from ugodit_pl.benchmarks.speed import _mri_problem
+    from ugodit_pl.apps.benchmarks.speed import _mri_problem
     from ugodit_pl.methods import UGoDITPretrain
+    from ugodit_pl.methods.losses import residual_norm
 
     problem = _mri_problem(3, (16, 16))
     method = UGoDITPretrain(num_measurements=3, network="unet", network_args={"channels": [4, 8, 8, 8]}, seed=0)
     batch = {"y": problem["y"], "operator": problem["operator"], "index": problem["index"], "name": problem["name"]}
-    method._initialise_state(batch, problem["operator"], problem["index"])
-    y = method._normalised(batch, problem["index"])
-    batched, _, _ = method.step_loss(method.inputs, y, problem["operator"], problem["index"])
+    method.prepare(batch)
+    batched = method.training_step(batch, 0)
+    y = method.begin_step(batch).y
+    z = method.fit_state.inputs
     looped = []
     for i in range(3):
         decoder = method.decoders.module_at(i)
-        out = decoder(*method.encoder(method.inputs[i : i + 1]))
+        out = decoder(*method.encoder(z[i : i + 1]))
         op = problem["operator"].select([i])
-        looped.append(method.data_term(out, y[i : i + 1], op) + method.lam * method.proximity_term(out, method.inputs[i : i + 1]))
-    assert torch.allclose(batched, torch.cat(looped), rtol=1e-4, atol=1e-6)
+        looped.append(residual_norm(op(out) - y[i : i + 1], method.loss_norm) + method.lam * method.proximity_term(out, z[i : i + 1]))
+    assert torch.allclose(batched, torch.cat(looped).sum(), rtol=1e-4, atol=1e-6)
 
 
 def test_mri_quality_suite_tiny(tmp_path, shared_data):
@@ -183,7 +178,7 @@ def test_mri_quality_zero_filled_matches_an_independent_computation(shared_data)
     """The zero-filled PSNR of the suite equals a direct computation from the file (same mask, maps, target)."""
     import h5py
 
-    from ugodit_pl.benchmarks.mri_quality import PRESETS, _classical, _metrics, support_of, test_problem
+    from ugodit_pl.apps.benchmarks.mri_quality import PRESETS, _classical, _metrics, support_of, test_problem
     from ugodit_pl.complex import ifft2c
     from ugodit_pl.metrics import psnr
 
@@ -278,7 +273,7 @@ def test_named_variant_run_with_method_args(tmp_path, shared_data):
 
 
 def test_transfer_study_presets_name_known_variants():
-    from ugodit_pl.benchmarks.transfer_study import PRESETS, _variant
+    from ugodit_pl.apps.benchmarks.transfer_study import PRESETS, _variant
 
     for preset in PRESETS.values():
         for label in preset["variants"]:

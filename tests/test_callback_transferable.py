@@ -71,7 +71,7 @@ def test_periodic_writes_without_save_last(tmp_path):
 
 class InputsAtStart(pl.Callback):
     def on_train_start(self, trainer, pl_module):
-        self.inputs = None if pl_module.inputs is None else pl_module.inputs.clone()
+        self.inputs = pl_module.fit_state.inputs.clone()
         self.step = trainer.global_step
 
 
@@ -82,7 +82,7 @@ class InputsAtBatchEnd(pl.Callback):
         self.inputs = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.inputs[trainer.global_step] = pl_module.inputs.clone()
+        self.inputs[trainer.global_step] = pl_module.fit_state.inputs.clone()
 
 
 def first_run(tmp_path, batch, steps=3):
@@ -107,7 +107,7 @@ def resume(tmp_path, batch, checkpoint, steps=5):
 def test_resuming_pretraining_restores_the_inputs_and_the_best_score(tmp_path):
     batch = mri_batch(num=2, size=16)
     method, weights, seen, checkpoint = first_run(tmp_path, batch)
-    fresh_inputs = batch["operator"].adjoint(batch["y"] / method.scales.view(-1, 1, 1, 1))
+    fresh_inputs = batch["operator"].adjoint(batch["y"] / method.fit_state.scales.view(-1, 1, 1, 1))
     assert not torch.allclose(seen.inputs[3], fresh_inputs, atol=1e-4)    # the input updates happened
 
     resumed_method, resumed_weights, probe = resume(tmp_path, batch, checkpoint)
@@ -125,7 +125,7 @@ def test_a_resumed_pretraining_equals_an_uninterrupted_one(tmp_path):
     resumed, _, _ = resume(tmp_path, batch, checkpoint)
     straight = pretrain(update_every=1)
     trainer(5).fit(straight, loader(batch))
-    torch.testing.assert_close(resumed.inputs, straight.inputs)
+    torch.testing.assert_close(resumed.fit_state.inputs, straight.fit_state.inputs)
     assert same_state(resumed.encoder.state_dict(), straight.encoder.state_dict())
 
 

@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from ugodit_pl import cli
-from ugodit_pl.cli import main, one_line
+from ugodit_pl.apps import cli
+from ugodit_pl.apps.cli import main, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_UNET = {"in_channels": 2, "out_channels": 2, "channels": [4, 8, 8, 8]}
@@ -27,7 +27,7 @@ def error_lines(capsys) -> list:
 
 # ------------------------------------------------------------------------------------------ help and dispatch
 def test_help_lists_every_command_without_importing_torch():
-    code = ("import sys; from ugodit_pl.cli import main; code = main(['--help']); "
+    code = ("import sys; from ugodit_pl.apps.cli import main; code = main(['--help']); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', code)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -50,18 +50,12 @@ def test_unknown_command_is_one_line_and_exit_code_2(capsys):
 
 def test_benchmark_forwards_its_arguments(monkeypatch):
     calls = []
-    module = types.ModuleType("ugodit_pl.benchmarks.cli")
-    module.__spec__ = importlib.machinery.ModuleSpec("ugodit_pl.benchmarks.cli", None)
+    module = types.ModuleType("ugodit_pl.apps.benchmarks.cli")
+    module.__spec__ = importlib.machinery.ModuleSpec("ugodit_pl.apps.benchmarks.cli", None)
     module.main = lambda argv: calls.append(argv) or 3
-    monkeypatch.setitem(sys.modules, "ugodit_pl.benchmarks.cli", module)
+    monkeypatch.setitem(sys.modules, "ugodit_pl.apps.benchmarks.cli", module)
     assert main(["benchmark", "speed", "--size", "64"]) == 3
     assert calls == [["speed", "--size", "64"]]
-
-
-def test_benchmark_absent_says_so(monkeypatch, capsys):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    assert main(["benchmark"]) == 1
-    assert "benchmarks are not available yet" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -186,7 +180,7 @@ def reconstruct_args(data, weights, out, *extra):
 
 
 def test_reconstruct_a_folder_then_resume_without_redoing(mri_folder, tiny_weights, tmp_path, monkeypatch, capsys):
-    from ugodit_pl import reconstruct
+    from ugodit_pl.apps import reconstruct
 
     out = tmp_path / "out"
     fits = []
@@ -277,7 +271,7 @@ def test_reconstruct_user_errors_are_one_line(mri_folder, tiny_weights, tmp_path
         lines = error_lines(capsys)
         assert len(lines) == 1 and lines[0].startswith("ugodit reconstruct: error:") and expected in lines[0], lines
     with pytest.raises(SystemExit):  # argparse's own usage error for a missing required flag
-        from ugodit_pl.reconstruct import parse_args
+        from ugodit_pl.apps.reconstruct import parse_args
 
         parse_args(["--data", "x"])
     assert main(["reconstruct", "--data", "x"]) == 2
@@ -307,7 +301,7 @@ def test_an_interrupted_reconstruction_resumes_and_loses_nothing(mri_folder, tin
     """Ctrl-C in the second chunk: the first chunk stays written, nothing half-written, the rerun does the rest."""
     import signal
 
-    from ugodit_pl import reconstruct
+    from ugodit_pl.apps import reconstruct
 
     handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after an interrupt; restore it after
     out = tmp_path / "out"

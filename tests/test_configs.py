@@ -3,7 +3,7 @@
 The configs point at ``../shared/data`` relative to the repository root, so each run happens in a
 temporary "repository" folder whose ``../shared`` is the real shared folder and whose ``configs/``
 holds the real configs; outputs (``runs/...``) land there. The network widths, image sizes and step
-counts are overridden on the command line to tiny values, in-process through ``ugodit_pl.cli.main``.
+counts are overridden on the command line to tiny values, in-process through ``ugodit_pl.apps.cli.main``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from ugodit_pl.cli import main
+from ugodit_pl.apps.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"

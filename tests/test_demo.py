@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from ugodit_pl.cli import main
-from ugodit_pl.demo import UGODIT, DemoSettings, assemble_results, verdict, FitResult
+from ugodit_pl.apps.cli import main
+from ugodit_pl.apps.demo import UGODIT, DemoSettings, assemble_results, verdict, FitResult
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -32,15 +32,6 @@ def trainer(steps: int, **kwargs) -> pl.Trainer:
     )
 
 
-def data_consistency(method, batch) -> float:
-    """Sum of ||A f - y|| over the batch at the method's current reconstruction, normalised units."""
-    index = batch["index"]
-    with torch.no_grad():
-        out = method.network_output(method.inputs[index], index)
-        y = method._normalised(batch, index)
-        return float(method.data_term(out, y, batch["operator"]).sum())
-
-
 def fit(method, batch, steps):
     trainer(steps).fit(method, loader(batch, steps))
     return method
@@ -239,9 +230,10 @@ def test_checkpoint_restores_fitting_state(tmp_path):
     method = fit(SelfGuidedDIP(network="unet", network_args=TINY_UNET, num_draws=2), batch, 5)
     state = method.state_dict()
     clone = SelfGuidedDIP(network="unet", network_args=TINY_UNET, num_draws=2)
-    clone.load_state_dict(state)
-    torch.testing.assert_close(clone.inputs, method.inputs.detach())
-    torch.testing.assert_close(clone.ema, method.ema)
+    clone.load_state_dict(state)  # a fresh method takes the saved rows
+    for name in ("inputs", "scales", "ema", "ema_count", "last"):
+        torch.testing.assert_close(getattr(clone.fit_state, name), getattr(method.fit_state, name).detach())
+    assert clone.fit_state.steps.tolist() == [5] and clone.fit_state.names == method.fit_state.names
     assert isinstance(batch["operator"], Operator)
 
 
@@ -263,18 +255,19 @@ def test_test_without_targets_is_a_clear_error():
         trainer(1).test(method, loader({k: v for k, v in batch.items() if k != "target"}, 1), verbose=False)
 
 
-def test_input_update_happens_at_steps_n_2n():
+def test_input_moves_after_every_n_steps():
+    """z_k is used for steps kN + 1 .. (k + 1)N; the move to f(z) is made when step kN + 1 starts."""
     batch = mri_batch(num=1, size=32)
     seen = []
 
     class Spy(pl.Callback):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            seen.append(module.inputs.clone())
+            seen.append(module.fit_state.inputs.clone())
 
     method = ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2, update_every=3)
     trainer(7, callbacks=[Spy()]).fit(method, loader(batch, 7))
     changed = [step for step in range(1, 7) if not torch.equal(seen[step], seen[step - 1])]
-    assert changed == [2, 5]  # seen[k] is after step k + 1: updates after steps 3 and 6
+    assert changed == [3, 6]  # seen[k] is after step k + 1: steps 4 and 7 use the moved inputs
 
 
 def test_all_reconstructions_follow_output_and_final_output():
@@ -303,27 +296,36 @@ class OutputRecorder(pl.Callback):
         self.outputs, self.emas = [], []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.outputs.append(module.last.clone())
-        self.emas.append(module.ema.clone())
+        self.outputs.append(module.fit_state.last.clone())
+        self.emas.append(module.fit_state.ema.clone())
 
 
-@pytest.mark.parametrize("corrected", [True, False])
-def test_ema_is_the_weighted_average_of_the_outputs(corrected):
-    """EMA after t outputs: the bias-corrected average sum (1-d) d^(t-k) out_k / (1 - d^t), or the authors' recursion."""
+@pytest.mark.parametrize("variant", ["corrected", "authors"])
+def test_ema_is_the_weighted_average_of_the_outputs(variant):
+    """Corrected: after t outputs, sum (1-d) d^(t-k) out_k / (1 - d^t). Authors': from zeros, once every N steps."""
     batch = mri_batch(num=1, size=32)
     recorder = OutputRecorder()
-    method = ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2, ema_decay=0.7, ema_bias_correction=corrected)
+    method = ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2, ema_decay=0.7, ema_variant=variant, update_every=2)
     trainer(6, callbacks=[recorder]).fit(method, loader(batch, 6))
     d = 0.7
     for t in range(1, 7):
         outs = recorder.outputs[:t]
-        if corrected:
+        if variant == "corrected":
             expected = sum((1 - d) * d ** (t - 1 - k) * out for k, out in enumerate(outs)) / (1 - d**t)
         else:
-            expected = outs[0]
-            for out in outs[1:]:
+            expected = torch.zeros_like(outs[0])
+            for out in outs[1::2]:  # the outputs of steps 2, 4, 6
                 expected = d * expected + (1 - d) * out
         torch.testing.assert_close(recorder.emas[t - 1], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_authors_ema_clips_natural_image_outputs():
+    batch = sr_batch(num=1, size=32)
+    recorder = OutputRecorder()
+    method = ASeqDIP(network="skip", network_args=TINY_SKIP, ema_variant="authors", update_every=1, ema_decay=0.5)
+    trainer(2, callbacks=[recorder]).fit(method, loader(batch, 2))
+    expected = 0.5 * (0.5 * recorder.outputs[0].clamp(0, 1)) + 0.5 * recorder.outputs[1].clamp(0, 1)
+    torch.testing.assert_close(recorder.emas[1], expected)
 
 
 @pytest.mark.parametrize("network, args, expected", [("unet", TINY_UNET, 0.1), ("skip", TINY_SKIP, 0.01)])

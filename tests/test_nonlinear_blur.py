@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ugodit_pl.operators import NonlinearBlur
 from ugodit_pl.operators.nonlinear_blur import KernelWizard, load_kernel_wizard_state
 
-SMALL = dict(nf=4, kernel_dim=32, front_blocks=2, back_blocks=1)  # DPS's architecture, fewer channels and blocks
+SMALL = dict(nf=4, front_blocks=2, back_blocks=1)  # DPS's architecture, fewer channels and blocks
 LATENT = 32  # 8 nf latent channels
 SIZE = 128
 
@@ -25,18 +25,15 @@ def _small_op(seed: int = 0, image_size: int = SIZE) -> NonlinearBlur:
 
 
 def test_dps_configuration_matches_bkse_checkpoint_layout() -> None:
-    # The keys and shapes of bkse's KernelWizard with DPS's options (nf 64, front_RBs 10, back_RBs 20, kernel_dim 512,
-    # use_vae, use_sharp, 4 extractor blocks, norm none): what GOPRO_wVAE.pth holds.
+    # The keys and shapes of the blurring part of bkse's KernelWizard with DPS's options (nf 64, front_RBs 10,
+    # back_RBs 20, norm none): what GOPRO_wVAE.pth holds besides the kernel extractor F, which blurring does not use.
     state = KernelWizard.empty(device="meta").state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    assert len(shapes) == 46 + 14 + 25 + 88  # features, F (no biases), adapter (biases only in the double convs), trunk
+    assert len(shapes) == 46 + 25 + 88  # features, adapter (biases only in the double convs), trunk
     expected = {
         "feature_extractor.0.weight": (64, 3, 3, 3),
         "feature_extractor.4.bias": (64,),
         "feature_extractor.15.conv2.weight": (64, 64, 3, 3),
-        "kernel_extractor.model.1.weight": (64, 128, 7, 7),
-        "kernel_extractor.model.16.weight": (1024, 1024, 3, 3),
-        "kernel_extractor.model.22.conv_block.5.weight": (1024, 1024, 3, 3),
         "adapter.model.down.0.weight": (64, 64, 4, 4),
         "adapter.model.up.1.double_conv.0.weight": (64, 128, 5, 5),
         "adapter.model.submodule.down.1.weight": (128, 64, 4, 4),
@@ -51,9 +48,7 @@ def test_dps_configuration_matches_bkse_checkpoint_layout() -> None:
     }
     for key, shape in expected.items():
         assert shapes[key] == shape, key
-    assert "kernel_extractor.model.1.bias" not in shapes and "adapter.model.down.0.bias" not in shapes
-    without_f = KernelWizard.empty(device="meta", with_kernel_extractor=False).state_dict()
-    assert set(without_f) == {k for k in shapes if not k.startswith("kernel_extractor.")}
+    assert "adapter.model.down.0.bias" not in shapes and not any(k.startswith("kernel_extractor.") for k in shapes)
 
 
 def _reference_adapt_kernel(state: dict, x: torch.Tensor, latent: torch.Tensor, front: int, back: int) -> torch.Tensor:
@@ -99,7 +94,7 @@ def _reference_adapt_kernel(state: dict, x: torch.Tensor, latent: torch.Tensor, 
 
 
 def test_adapt_kernel_matches_functional_reference() -> None:
-    network = KernelWizard.random(seed=3, with_kernel_extractor=False, **SMALL)
+    network = KernelWizard.random(seed=3, **SMALL)
     x = _image(2, seed=1)
     latent = torch.randn(2, LATENT, 1, 1, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -143,28 +138,28 @@ def test_missing_weights_raise_clear_errors(tmp_path: Path) -> None:
 
 
 def test_weights_round_trip_through_a_file(tmp_path: Path) -> None:
-    # A checkpoint as bkse writes it: the full network, F included.
+    # A checkpoint as bkse writes it: the full network, the kernel extractor F included (ignored here).
     network = KernelWizard.random(seed=11, **SMALL)
+    full = {**network.state_dict(), "kernel_extractor.model.1.weight": torch.zeros(4, 8, 7, 7)}
     plain, wrapped = tmp_path / "plain.pth", tmp_path / "wrapped.pth"
-    torch.save(network.state_dict(), plain)
-    torch.save({"state_dict": {"module." + k: v for k, v in network.state_dict().items()}, "iter": 5}, wrapped)
+    torch.save(full, plain)
+    torch.save({"state_dict": {"module." + k: v for k, v in full.items()}, "iter": 5}, wrapped)
     x = _image()
     with torch.no_grad():
         latent = torch.randn(1, LATENT, 1, 1, generator=torch.Generator().manual_seed(4)) * 1.2
         expected = network.adapt_kernel(x, latent)
     for path in (plain, wrapped):
         op = NonlinearBlur(weights_path=path, seed=4, image_size=SIZE, network_config=SMALL)
-        assert not op.network.has_kernel_extractor  # F is skipped: blurring does not need it
         torch.testing.assert_close(op(x), expected.clamp(0, 1))
     again = NonlinearBlur(weights_path=wrapped, seed=9, image_size=SIZE, network_config=SMALL)
     assert again.network is op.network  # a file is loaded once and its network shared
-    assert set(load_kernel_wizard_state(wrapped)) == set(network.state_dict())
+    assert set(load_kernel_wizard_state(wrapped)) == set(full)
     loaded = KernelWizard.from_checkpoint(plain, **SMALL)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), network.state_dict().values()))
 
 
 def test_mismatched_checkpoint_lists_keys(tmp_path: Path) -> None:
-    state = KernelWizard.empty(with_kernel_extractor=False, **SMALL).state_dict()
+    state = KernelWizard.empty(**SMALL).state_dict()
     good = dict(state)
     state.pop("recon_trunk.0.conv1.weight")
     state["extra.weight"] = torch.zeros(1)
@@ -198,6 +193,6 @@ def test_batched_stack_select_and_shape_checks() -> None:
         ops[0](torch.rand(1, 3, 256, 256))
     with pytest.raises(ValueError, match="multiples of 128"):
         _small_op(image_size=100)
-    other = NonlinearBlur(network=KernelWizard.empty(with_kernel_extractor=False, **SMALL), image_size=SIZE)
+    other = NonlinearBlur(network=KernelWizard.empty(**SMALL), image_size=SIZE)
     with pytest.raises(ValueError, match="share one network"):
         NonlinearBlur.stack([ops[0], other])

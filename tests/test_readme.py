@@ -56,8 +56,8 @@ def readme_commands() -> list:
 def test_readme_cli_examples_parse(capsys, monkeypatch):
     """Every ``ugodit`` example of the README parses: LightningCLI lines with --print_config (which checks
     every key and value), the other commands with their own parsers."""
-    from ugodit_pl import demo, reconstruct
-    from ugodit_pl.cli import LIGHTNING_COMMANDS, main
+    from ugodit_pl.apps import demo, reconstruct
+    from ugodit_pl.apps.cli import LIGHTNING_COMMANDS, main
 
     monkeypatch.chdir(ROOT)
     commands = readme_commands()

@@ -2,6 +2,6 @@
 
 import sys
 
-from ugodit_pl.cli import main
+from ugodit_pl.apps.cli import main
 
 sys.exit(main())

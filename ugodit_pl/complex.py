@@ -45,7 +45,19 @@ def complex_to_channels(z: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude(x: torch.Tensor) -> torch.Tensor:
-    """Magnitude image (B, 1, H, W) of a 2-channel complex image (B, 2, H, W) or a complex (B, H, W)."""
+    """Magnitude image (B, 1, H, W) of a (B, 2, H, W) real/imaginary image or a complex (B, H, W); a
+    (B, 1, H, W) image is taken as a magnitude already and returned as it is.
+
+    >>> magnitude(torch.tensor([[[[3.0]], [[4.0]]]])).flatten().tolist()
+    [5.0]
+    """
     if x.is_complex():
+        if x.ndim != 3:
+            raise ValueError(f"a complex image must be (B, H, W), got shape {tuple(x.shape)}")
         return x.abs().unsqueeze(1)
-    return channels_to_complex(x).abs().unsqueeze(1)
+    if x.ndim != 4 or x.shape[1] not in (1, 2):
+        raise ValueError(
+            f"expected a (B, 2, H, W) real/imaginary image, a (B, 1, H, W) magnitude or a complex (B, H, W); "
+            f"got shape {tuple(x.shape)}"
+        )
+    return channels_to_complex(x).abs().unsqueeze(1) if x.shape[1] == 2 else x

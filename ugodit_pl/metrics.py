@@ -210,19 +210,6 @@ def center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return x[..., top : top + h, left : left + w]
 
 
-def _as_magnitude(recon: torch.Tensor) -> torch.Tensor:
-    if recon.is_complex():
-        if recon.ndim != 3:
-            raise ValueError(f"a complex recon must be (B, H, W), got shape {tuple(recon.shape)}")
-        return magnitude(recon)
-    if recon.ndim != 4 or recon.shape[1] not in (1, 2):
-        raise ValueError(
-            f"recon must be (B, 2, H, W) real/imaginary, (B, 1, H, W) magnitude or complex (B, H, W); "
-            f"got shape {tuple(recon.shape)}"
-        )
-    return magnitude(recon) if recon.shape[1] == 2 else recon
-
-
 def mri_metrics(
     recon: torch.Tensor, target: torch.Tensor, *, crop: bool = True, data_range: DataRange = None
 ) -> dict[str, torch.Tensor]:
@@ -240,7 +227,7 @@ def mri_metrics(
     >>> mri_metrics(recon, target)["nmse"]
     tensor([0., 0.])
     """
-    mag = _as_magnitude(recon)
+    mag = magnitude(recon)
     if target.ndim != 4 or target.shape[1] != 1 or target.is_complex():
         raise ValueError(f"target must be a real magnitude (B, 1, H, W), got {target.dtype} {tuple(target.shape)}")
     if mag.shape[0] != target.shape[0]:

@@ -1,7 +1,7 @@
 """aSeqDIP (Alkhouri et al., NeurIPS 2024): the objective that UGoDIT also uses.
 
-Loss per step: ||A f(z_k) - y||^2 + lambda ||f(z_k) - z_k||^2; every N steps the input moves
-to the network output, z_{k+1} = f(z_k) (detached), or by the data-consistent rule.
+    loss_k = ||A f(z_k) - y||^2 + lambda ||f(z_k) - z_k||^2,     z_0 = A^H y,
+    z_{k+1} = f(z_k) (detached) after every N steps, or its data-consistent version.
 
 >>> method = ASeqDIP(num_measurements=1, network="unet", network_args={"channels": [4, 8, 8, 8]})
 >>> (method.lam, method.update_every, method.input_update)
@@ -10,14 +10,13 @@ to the network output, z_{k+1} = f(z_k) (detached), or by the data-consistent ru
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from ugodit_pl.methods.base import ReconstructionMethod
+from ugodit_pl.methods.base import ReconstructionMethod, Step
 from ugodit_pl.methods.inputs import INPUT_UPDATES, check_choice, updated_input
 from ugodit_pl.methods.networks import per_measurement_networks
-from ugodit_pl.operators.base import Operator
 
 
 #: Defaults per network of the aSeqDIP objective (aSeqDIP, UGoDIT pre-training and fitting).
@@ -27,7 +26,7 @@ from ugodit_pl.operators.base import Operator
 #: output near A^H y; on the real brain slice (4x, 600 steps) lambda 0.1 with lr 1e-3 gave UGoDIT
 #: 22.66 dB and aSeqDIP 21.35 dB against 20.00 / 19.07 dB with lambda 2 and lr 3e-4 / 4e-4
 #: (docs/RESULTS.md, transfer-study_settings).
-SEQUENTIAL_DEFAULTS = {"unet": {"lam": 0.1, "lr": 1e-3}, "skip": {"lam": 2.0, "lr": 0.01}}
+SEQUENTIAL_DEFAULTS: Dict[str, Dict[str, float]] = {"unet": {"lam": 0.1, "lr": 1e-3}, "skip": {"lam": 2.0, "lr": 0.01}}
 
 
 class SequentialInputObjective(ReconstructionMethod):
@@ -64,19 +63,33 @@ class SequentialInputObjective(ReconstructionMethod):
         self.update_every = int(update_every)
         self.input_update = check_choice("input_update", input_update, INPUT_UPDATES)
 
-    def step_loss(self, z: torch.Tensor, y: torch.Tensor, operator: Operator, index: torch.Tensor):
-        output = self.network_output(z, index)
-        data = self.data_term(output, y, operator)
-        loss = data + self.lam * self.proximity_term(output, z) if self.lam > 0 else data
-        return loss, data.detach(), output
+    @property
+    def schedule_period(self) -> int:
+        return self.update_every
 
-    def after_step(self, y: torch.Tensor, operator: Operator, index: torch.Tensor) -> None:
-        if (self.global_step + 1) % self.update_every != 0:  # the step just taken is global_step + 1
-            return
-        with torch.no_grad():
-            output = self.network_output(self.inputs[index], index)
-        self.inputs[index] = updated_input(self.input_update, output, operator, y)
-        self.inputs = self._share_rows(self.inputs, index)
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """One step: ||A f(z_k) - y||^2 + lambda ||f(z_k) - z_k||^2, after moving z to f(z) every N steps."""
+        step = self.begin_step(batch)
+        z = self.scheduled_input(step)
+        output = self.forward_rows(z, step.rows)
+        data = self.data_term(output, step)
+        loss = data + self.lam * self.proximity_term(output, z) if self.lam > 0 else data
+        return self.end_step(step, loss, data, output)
+
+    def scheduled_input(self, step: Step) -> torch.Tensor:
+        """z_k of the step's rows; a row that has taken a multiple of N steps first moves to f(z) (detached)."""
+        state = self.fit_state
+        due = [k for k, count in enumerate(step.counts) if count > 0 and count % self.update_every == 0]
+        if due:
+            position = torch.tensor(due, device=step.rows.device)
+            rows = step.rows[position]
+            everyone = len(due) == len(step.counts)
+            operator = step.operator if everyone else step.operator.select(position)
+            with torch.no_grad():
+                output = self.forward_rows(state.inputs[rows], rows)
+                state.write("inputs", rows, updated_input(self.input_update, output, operator, step.y[position]))
+            state.share("inputs")
+        return state.inputs[step.rows]
 
 
 class ASeqDIP(SequentialInputObjective):
@@ -89,8 +102,10 @@ class ASeqDIP(SequentialInputObjective):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.nets = per_measurement_networks(self.network_name, self.network_args, self.num_measurements, self.seed)
+        self.nets = per_measurement_networks(
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init
+        )
         self.save_hyperparameters()
 
-    def network_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.nets(z, indices=index)
+    def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.nets(z, indices=rows)

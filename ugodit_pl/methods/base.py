@@ -1,29 +1,39 @@
-"""The machinery every method shares: fitting state, scale normalisation, EMA, logging, DDP sharding.
+"""What every method shares: the fitting loop's two ends, the per-row state, EMA, logging, DDP.
 
-A method fits a fixed set of N measurements; one Lightning training step is one optimiser step.
-Each batch carries the measurements of this process's shard (``batch["index"]`` gives their
-positions 0..N-1 in the set). Subclasses implement two things:
+A method fits a fixed set of N measurements (rows 0..N-1); one Lightning training step is one
+optimiser step, and every batch of a process carries that process's rows (``batch["index"]``).
+The loop, with the hooks it lives in (docs/ARCHITECTURE.md, "The fitting loop")::
 
-- ``network_output(z, index)``: the network outputs f(z) for the rows ``index`` of the set;
-- ``step_loss(...)``: the loss of one step (see ``ReconstructionMethod.training_step``).
+    setup("fit")      prepare(first batch): scales s_i from y_i alone, inputs z_i, the FitState
+    training_step     step = begin_step(batch)             rows, y_i / s_i, A_i (checked)
+                      z = the rows' inputs                  (aSeqDIP / UGoDIT: z <- f(z) every N steps)
+                      out = f(z)                            forward (the method's networks)
+                      loss = the method's objective         (DESIGN.md's table)
+                      return end_step(step, loss, ...)      EMA and last output, step counters, logs
+    Lightning         backward, gradient clipping, optimiser step (the weights; z of Self-Guided DIP)
 
-Under DDP the loss is multiplied by the world size, because DDP averages gradients over
-processes while the objectives sum over measurements: a shared encoder then receives the sum of
-all measurements' gradients and each measurement's own parameters receive exactly their own
-gradient, so N processes compute what one process computes. Inputs z and EMAs are per-row state,
-shared between processes after every change (each row is owned by one process).
+Each method's ``training_step`` is that sequence, next to its equation. Nothing happens in
+``optimizer_step`` or after it, so Lightning's own flags (``gradient_clip_val``,
+``accumulate_grad_batches``, ``precision``) work unchanged. An input update due after step k is
+made at the start of step k + 1 from the state after step k, so a checkpoint or snapshot taken
+between two steps resumes exactly.
+
+Under DDP each process multiplies its loss by the world size, because DDP averages gradients over
+processes while the objectives sum over measurements: a shared encoder then receives the sum of all
+measurements' gradients and each measurement's own parameters exactly their own gradient, so N
+processes compute what one process computes.
 
 Usage (any subclass)::
 
     method = ASeqDIP(num_measurements=1, network="unet", network_args={"channels": [16, 32, 64, 64]})
-    trainer = pl.Trainer(max_steps=500)
-    trainer.fit(method, datamodule)        # or train_dataloaders= a loader of fixed batches
-    image = method.reconstruction          # (N, C, H, W), in the measurement's units
+    pl.Trainer(max_steps=500).fit(method, datamodule)   # or train_dataloaders= a loader of fixed batches
+    image = method.reconstruction                        # (N, C, H, W), in the measurement's units
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -31,10 +41,14 @@ import torch.distributed as dist
 
 from ugodit_pl.methods.inputs import INPUT_INITS, check_choice, initial_input
 from ugodit_pl.methods.losses import check_loss_norm, residual_norm
+from ugodit_pl.methods.networks import NETWORK_INITS
+from ugodit_pl.methods.optim import adam, check_optimizer_args
 from ugodit_pl.methods.scaling import apply_scale, measurement_scale, undo_scale
+from ugodit_pl.methods.state import FitState
 from ugodit_pl.operators.base import Operator
 
 OUTPUTS = ("ema", "last")
+EMA_VARIANTS = ("corrected", "authors")
 
 # The authors' learning rates (DESIGN.md), by network: natural images use the skip network,
 # MRI the U-Net. Methods look their default up here when ``lr`` is None.
@@ -49,36 +63,58 @@ def world_size(module: pl.LightningModule) -> int:
     return trainer.world_size
 
 
-def adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """Adam, with the fused kernel when every tensor is a floating-point CPU or CUDA tensor.
+def training_batch(trainer: pl.Trainer) -> Mapping[str, Any]:
+    """The measurements this process will fit: its first training batch, read in ``setup``.
 
-    The fused kernel does one pass over all tensors instead of a dozen small ops per tensor: 1.4 ms
-    instead of 5.5 ms per step for the width-16 U-Net on one CPU thread (docs/RESULTS.md, speed).
-
-    >>> adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1).defaults["fused"]
-    True
+    A ugodit-pl data module gives its collated batch (``.batch``, after its own ``setup``); any
+    other data module or dataloader gives the first item of its training dataloader.
     """
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is not None and isinstance(getattr(type(datamodule), "batch", None), property):
+        return datamodule.batch
+    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+    loader = source.dataloader() if source is not None else None
+    if loader is None:
+        raise ValueError("the fit has no training data: pass a data module or train_dataloaders to trainer.fit")
+    try:
+        return next(iter(loader))
+    except StopIteration:
+        raise ValueError("the training dataloader is empty: it must serve the measurements to fit") from None
+
+
+@dataclass
+class Step:
+    """What one training step works on: this process's rows, their normalised measurements, their operator."""
+
+    rows: torch.Tensor      # (B,) positions in the set, on the module's device
+    row_list: List[int]     # the same, as Python ints
+    counts: List[int]       # training steps each row has taken before this one
+    y: torch.Tensor         # (B, ...) the measurements divided by their scales
+    operator: Operator
 
 
 class ReconstructionMethod(pl.LightningModule):
-    """Base class of the methods. See the module docstring for the contract.
+    """Base class of the methods. See the module docstring for the loop.
 
     Args:
         num_measurements: N, the size of the set fitted together (the data module's
             ``num_measurements``).
         network: network name for ``ugodit_pl.nets.build_network`` (``"unet"`` or ``"skip"``).
         network_args: its constructor arguments.
+        network_init: ``"default"`` (PyTorch's layer initialisation) or ``"normal"`` (the authors'
+            notebooks: N(0, 0.02) convolutions, N(1, 0.02) BatchNorm weights, zero biases).
         lr: Adam learning rate of the network weights; None takes the authors' default for the
             network (``DEFAULT_LR``).
+        optimizer_args: further arguments of ``torch.optim.Adam`` (``betas``, ``weight_decay``,
+            ``fused``, ...; see ``ugodit_pl.methods.optim``).
         loss_norm: ``"mse"`` (mean squared error) or ``"l2"`` (unsquared norm).
         output: what ``reconstruction`` returns: ``"ema"`` (exponential moving average of the
             outputs) or ``"last"``.
         ema_decay: EMA weight of the past (0.99 in the authors' code).
-        ema_bias_correction: divide the EMA by ``1 - ema_decay**t`` after t outputs (as Adam does with
-            its moments), so that early EMAs are averages of the outputs seen so far rather than
-            dominated by the first, random output; False = the authors' uncorrected EMA.
+        ema_variant: ``"corrected"`` (ours: every step, divided by ``1 - ema_decay**t`` after t outputs
+            as Adam does with its moments, so early EMAs average the outputs seen so far) or
+            ``"authors"`` (the authors' code: once every input-update period, starting from zeros,
+            on the output clipped to [0, 1] for natural images).
         normalize: divide each measurement by its scale (DESIGN.md "Scale") and undo it on the
             outputs; None = only for complex (MRI) measurements.
         normalize_percentile: the percentile of |A^H y| that the scale maps to 1.
@@ -87,17 +123,22 @@ class ReconstructionMethod(pl.LightningModule):
         seed: seed of every random choice of the method (initialisation, noise).
     """
 
+    #: Whether the inputs z are optimised with the weights (Self-Guided DIP).
+    optimises_inputs = False
+
     def __init__(
         self,
         *,
         num_measurements: int = 1,
         network: str = "unet",
         network_args: Optional[Dict[str, Any]] = None,
+        network_init: str = "default",
         lr: Optional[float] = None,
+        optimizer_args: Optional[Dict[str, Any]] = None,
         loss_norm: str = "mse",
         output: str = "ema",
         ema_decay: float = 0.99,
-        ema_bias_correction: bool = True,
+        ema_variant: str = "corrected",
         normalize: Optional[bool] = None,
         normalize_percentile: float = 99.0,
         input_init: str = "measurement",
@@ -110,51 +151,43 @@ class ReconstructionMethod(pl.LightningModule):
         check_loss_norm(loss_norm)
         check_choice("output", output, OUTPUTS)
         check_choice("input_init", input_init, INPUT_INITS)
+        check_choice("ema_variant", ema_variant, EMA_VARIANTS)
+        check_choice("network_init", network_init, NETWORK_INITS)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.num_measurements = int(num_measurements)
         self.network_name = network.lower()
         self.network_args = dict(network_args or {})
+        self.network_init = network_init
         self.lr = float(lr) if lr is not None else DEFAULT_LR.get(self.network_name, 1e-3)
+        self.optimizer_args = check_optimizer_args(optimizer_args)
         self.loss_norm = loss_norm
         self.output = output
         self.ema_decay = float(ema_decay)
-        self.ema_bias_correction = bool(ema_bias_correction)
+        self.ema_variant = ema_variant
         self.normalize = normalize
         self.normalize_percentile = float(normalize_percentile)
         self.input_init = input_init
         self.input_channels = input_channels
         self.seed = int(seed)
-        # Fitting state: created from the first batch, (N, ...) rows, in normalised units.
-        self.register_buffer("inputs", None, persistent=False)
-        self.register_buffer("ema", None, persistent=False)
-        self.register_buffer("ema_count", None, persistent=False)
-        self.register_buffer("last", None, persistent=False)
-        self.register_buffer("scales", None, persistent=False)
-        self.generator = torch.Generator().manual_seed(self.seed)
-        self.names: List[Optional[str]] = [None] * self.num_measurements
+        self.fit_state = FitState(trainable_inputs=self.optimises_inputs)
         self.current_output: Optional[torch.Tensor] = None
         self.ema_output: Optional[torch.Tensor] = None
         self.final_output: Optional[torch.Tensor] = None
         self.last_index: Optional[torch.Tensor] = None
+        self._complex_data = False
 
-    # ----------------------------------------------------------------- subclass hooks
-    def network_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """f(z) for the rows ``index`` of the set (z holds exactly those rows)."""
+    # ----------------------------------------------------------------- what subclasses provide
+    def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """f(z) for the rows ``rows`` of the set (z holds exactly those rows)."""
         raise NotImplementedError
 
-    def step_loss(self, z: torch.Tensor, y: torch.Tensor, operator: Operator, index: torch.Tensor):
-        """Return (loss per measurement (B,), data-consistency term (B,), output (B, C, H, W))."""
-        raise NotImplementedError
+    @property
+    def schedule_period(self) -> int:
+        """Steps between input updates (1 for methods without any); the authors' EMA follows it."""
+        return 1
 
-    def after_step(self, y: torch.Tensor, operator: Operator, index: torch.Tensor) -> None:
-        """Called right after every optimiser step (input updates).
-
-        Lightning increments ``global_step`` after this returns: the step just taken is number
-        ``global_step + 1``.
-        """
-
-    # ----------------------------------------------------------------- helpers
+    # ----------------------------------------------------------------- objective terms
     @property
     def input_channel_count(self) -> int:
         """Channels of a noise input: ``input_channels`` or the network's ``in_channels``."""
@@ -162,18 +195,171 @@ class ReconstructionMethod(pl.LightningModule):
             return int(self.input_channels)
         return int(self.network_args.get("in_channels", 2 if self.network_name == "unet" else 3))
 
-    def data_term(self, output: torch.Tensor, y: torch.Tensor, operator: Operator) -> torch.Tensor:
+    def forward_rows(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """f(z) in the precision of the fitting state (mixed-precision networks return half floats)."""
+        return self.network_output(z, rows).to(self.fit_state.ema.dtype)
+
+    def data_term(self, output: torch.Tensor, step: Step) -> torch.Tensor:
         """||A f - y|| per measurement, in the chosen norm."""
-        return residual_norm(operator(output) - y, self.loss_norm)
+        return residual_norm(step.operator(output) - step.y, self.loss_norm)
 
     def proximity_term(self, output: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """||f - z|| per measurement, in the chosen norm."""
         return residual_norm(output - z, self.loss_norm)
 
+    # ----------------------------------------------------------------- preparing the fit
+    def setup(self, stage: str) -> None:
+        """Size the fitting state from the measurements before the optimiser is built (fit only)."""
+        if stage == "fit":
+            self.prepare(training_batch(self.trainer))
+
     def _should_normalize(self, y: torch.Tensor) -> bool:
         return bool(y.is_complex()) if self.normalize is None else bool(self.normalize)
 
-    def _check_batch(self, batch: Dict[str, Any]) -> None:
+    def prepare(self, batch: Mapping[str, Any]) -> None:
+        """Claim this process's rows and initialise their scales and inputs (``setup`` calls it).
+
+        A state already sized for the same problem (a second ``trainer.fit`` that continues a fit)
+        is kept as it is.
+        """
+        self._check_batch_layout(batch)
+        raw_y, operator = batch["y"], batch["operator"]
+        rows = self._index_of(batch).cpu()
+        try:
+            start = operator.init_input(raw_y)
+            measured = tuple(operator(start).shape)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(f"measurement {batch.get('name', '')} does not fit its operator: {error}") from error
+        if measured != tuple(raw_y.shape):
+            raise ValueError(
+                f"measurement {batch.get('name', '')} has shape {tuple(raw_y.shape)} but its operator "
+                f"{type(operator).__name__} produces {measured}"
+            )
+        self._complex_data = bool(raw_y.is_complex())
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        self.fit_state.owned = self._claim_rows(rows, device)
+        if self._should_normalize(raw_y):
+            scale = measurement_scale(operator, raw_y, self.normalize_percentile)
+            y = apply_scale(raw_y, scale)
+        else:
+            scale, y = torch.ones(raw_y.shape[0], dtype=torch.float32), raw_y
+        reference = batch.get("reference")
+        if reference is not None and self._should_normalize(raw_y):
+            reference = apply_scale(reference, scale)
+        z = initial_input(self.input_init, operator, y, channels=self.input_channel_count, seed=self.seed,
+                          rows=rows.tolist(), reference=reference)
+        state = self.fit_state
+        if state.fits(self.num_measurements, z.shape[1:], start.shape[1:]):
+            return
+        state.allocate(self.num_measurements, z.shape[1:], start.shape[1:], dtype=self.dtype, device=device)
+        state.write("inputs", rows.to(device), z.to(device))
+        state.write("scales", rows.to(device), scale.to(device))
+        state.share("inputs", "scales")
+        names = batch.get("name") or [None] * len(rows)
+        for row, name in zip(rows.tolist(), names):
+            state.names[row] = name
+
+    def _claim_rows(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """This process's rows as a mask; every row of the set must be fitted by exactly one process."""
+        owned = torch.zeros(self.num_measurements, dtype=torch.bool)
+        owned[rows] = True
+        counts = owned.to(torch.float64)
+        if world_size(self) > 1:
+            counts = counts.to(device)
+            dist.all_reduce(counts)
+            counts = counts.cpu()
+        shared = [r for r in range(self.num_measurements) if counts[r] > 1]
+        if shared:
+            raise ValueError(
+                f"measurements {shared} are served to more than one process: under DDP each process must serve its "
+                f"own shard of the set (rows r, r + w, ... for rank r of w), as the ugodit-pl data modules do; "
+                f"shard your dataset by trainer.global_rank and trainer.world_size"
+            )
+        missing = [r for r in range(self.num_measurements) if counts[r] == 0]
+        if missing:
+            served = self.num_measurements - len(missing)
+            raise ValueError(
+                f"num_measurements={self.num_measurements} but the data serve {served} measurement(s) (rows {missing} "
+                f"are missing): set num_measurements to the data module's num_measurements"
+            )
+        return owned
+
+    # ----------------------------------------------------------------- the two ends of a step
+    def begin_step(self, batch: Mapping[str, Any]) -> Step:
+        """Check the batch and return its rows with their normalised measurements."""
+        self._check_batch_layout(batch)
+        rows = self._index_of(batch)
+        row_list = rows.tolist()
+        owned = self.fit_state.owned
+        if owned is None or not self.fit_state.allocated:
+            raise RuntimeError(f"{type(self).__name__}: the fitting state is not prepared; fit with a pl.Trainer")
+        if sorted(row_list) != torch.nonzero(owned).flatten().tolist():
+            raise ValueError(
+                f"this process was set up to fit rows {torch.nonzero(owned).flatten().tolist()} but a batch carries "
+                f"rows {row_list}: every training batch of a process must carry the same measurements (its shard)"
+            )
+        y = batch["y"]
+        if self._should_normalize(y):
+            y = apply_scale(y, self.fit_state.scales[rows].float())  # y keeps its own precision
+        counts = self.fit_state.steps[row_list].tolist()
+        return Step(rows=rows, row_list=row_list, counts=counts, y=y, operator=batch["operator"])
+
+    def end_step(self, step: Step, loss: torch.Tensor, data: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Record the step's outputs (EMA, last), advance the rows' counters, log; return the loss to minimise."""
+        self._record_output(self._within_support(output.detach(), step.operator), step)
+        self.fit_state.steps[step.row_list] += 1
+        if self._trainer is not None:  # a step run by hand (benchmarks) logs nothing
+            sync = world_size(self) > 1
+            self.log("train/loss", loss.sum(), prog_bar=True, batch_size=len(step.row_list), sync_dist=sync,
+                     reduce_fx="sum")
+            self.log("train/data_consistency", data.detach().sum(), batch_size=len(step.row_list), sync_dist=sync,
+                     reduce_fx="sum")
+        return loss.sum() * world_size(self)
+
+    @staticmethod
+    def _within_support(output: torch.Tensor, operator: Operator) -> torch.Tensor:
+        """Zero the output where the operator sees nothing (outside the coil maps' support).
+
+        The data never constrain those pixels, so what the network puts there is arbitrary; the
+        reconstructions are reported inside the support only (the loss is unaffected).
+        """
+        support = operator.image_support()
+        return output if support is None else output * support.to(output.dtype)
+
+    def _record_output(self, output: torch.Tensor, step: Step) -> None:
+        """Update the rows' EMA (per ``ema_variant``) and last output; expose them in measurement units."""
+        state, rows = self.fit_state, step.rows
+        due = [(count + 1) % self.schedule_period == 0 for count in step.counts]
+        if self.ema_variant == "corrected" or all(due):
+            averaged = output.clamp(0.0, 1.0) if self.ema_variant == "authors" and not self._complex_data else output
+            past = self._ema_past_weight(state.ema_count[rows]).view(-1, *([1] * (output.ndim - 1)))
+            state.write("ema", rows, past * state.ema[rows] + (1.0 - past) * averaged)
+            state.write("ema_count", rows, state.ema_count[rows] + 1)
+        state.write("last", rows, output)
+        state.share("ema", "last", "ema_count")
+        scale = state.scales[rows]
+        self.current_output = undo_scale(output, scale)
+        self.ema_output = undo_scale(state.ema[rows], scale)
+        self.last_index = rows
+
+    def _ema_past_weight(self, count: torch.Tensor) -> torch.Tensor:
+        """Weight of the old EMA for rows that have had ``count`` outputs averaged.
+
+        Corrected: the EMA after t outputs equals sum_k (1 - d) d^(t-k) out_k / (1 - d^t), which this
+        weight, d (1 - d^n) / (1 - d^(n+1)) for n = count, produces step by step. Authors': d, from a
+        zero EMA.
+
+        >>> m = ReconstructionMethod(ema_decay=0.5)
+        >>> m._ema_past_weight(torch.tensor([0.0, 1.0, 50.0]))
+        tensor([0.0000, 0.3333, 0.5000])
+        """
+        decay = self.ema_decay
+        if self.ema_variant == "authors":
+            return torch.full_like(count, decay)
+        return decay * (1.0 - decay**count) / (1.0 - decay ** (count + 1))
+
+    # ----------------------------------------------------------------- batches
+    def _check_batch_layout(self, batch: Mapping[str, Any]) -> None:
         for key in ("y", "operator"):
             if key not in batch:
                 raise KeyError(f"{type(self).__name__} needs batches with a {key!r} entry (see docs/ARCHITECTURE.md)")
@@ -187,140 +373,16 @@ class ReconstructionMethod(pl.LightningModule):
                 f"batch index {index.tolist()} is outside the {self.num_measurements} measurements this "
                 f"{type(self).__name__} was built for (num_measurements={self.num_measurements})"
             )
+        if index.unique().numel() != index.numel():
+            raise ValueError(f"batch index {index.tolist()} repeats a measurement")
 
-    def _index_of(self, batch: Dict[str, Any]) -> torch.Tensor:
+    def _index_of(self, batch: Mapping[str, Any]) -> torch.Tensor:
         index = batch.get("index")
         if index is None:
             index = torch.arange(batch["y"].shape[0])
         return torch.as_tensor(index, dtype=torch.long).to(self.device).flatten()
 
-    def _share_rows(self, tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Make rows owned by other processes visible here (sum of row-masked copies)."""
-        if world_size(self) == 1:
-            return tensor
-        owned = torch.zeros(tensor.shape[0], dtype=torch.bool, device=tensor.device)
-        owned[index] = True
-        shared = torch.where(owned.view(-1, *([1] * (tensor.ndim - 1))), tensor, torch.zeros_like(tensor))
-        dist.all_reduce(shared)
-        return shared
-
-    def _initialise_state(self, batch: Dict[str, Any], operator: Operator, index: torch.Tensor) -> None:
-        """Create inputs, scales and names for the whole set from the first batch."""
-        raw_y = batch["y"]
-        try:
-            expected = tuple(operator(operator.init_input(raw_y)).shape)
-        except (ValueError, RuntimeError) as error:
-            raise ValueError(f"measurement {batch.get('name', '')} does not fit its operator: {error}") from error
-        if expected != tuple(raw_y.shape):
-            raise ValueError(
-                f"measurement {batch.get('name', '')} has shape {tuple(raw_y.shape)} but its operator "
-                f"{type(operator).__name__} produces {expected}"
-            )
-        if self._should_normalize(raw_y):
-            scale = measurement_scale(operator, raw_y, self.normalize_percentile)
-        else:
-            scale = torch.ones(raw_y.shape[0], device=raw_y.device)
-        y = apply_scale(raw_y, scale) if self._should_normalize(raw_y) else raw_y
-        reference = batch.get("reference")
-        if reference is not None and self._should_normalize(raw_y):
-            reference = apply_scale(reference, scale)
-        z = initial_input(
-            self.input_init,
-            operator,
-            y,
-            channels=self.input_channel_count,
-            generator=self.generator,
-            num_rows=self.num_measurements,
-            index=index,
-            reference=reference,
-        )
-        z = z.to(self.dtype)  # the networks' precision (e.g. float64 under precision="64-true")
-        inputs = z.new_zeros((self.num_measurements, *z.shape[1:]))
-        inputs[index] = z
-        scales = scale.new_zeros(self.num_measurements)
-        scales[index] = scale.float()
-        self.inputs = self._share_rows(inputs, index)
-        self.scales = self._share_rows(scales, index)
-        for row, name in zip(index.tolist(), batch.get("name", [None] * len(index))):
-            self.names[row] = name
-
-    def _normalised(self, batch: Dict[str, Any], index: torch.Tensor) -> torch.Tensor:
-        y = batch["y"]
-        if not self._should_normalize(y):
-            return y
-        return apply_scale(y, self.scales[index])
-
-    # ----------------------------------------------------------------- Lightning hooks
-    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self._check_batch(batch)
-        operator: Operator = batch["operator"]
-        index = self._index_of(batch)
-        if self.inputs is None:
-            self._initialise_state(batch, operator, index)
-        y = self._normalised(batch, index)
-        loss_per, data_per, output = self.step_loss(self.inputs[index], y, operator, index)
-        self._record_output(self._within_support(output.detach(), operator), index)
-        self._last_step = (y, operator, index)
-        self.log("train/loss", loss_per.sum(), prog_bar=True, batch_size=len(index), sync_dist=world_size(self) > 1,
-                 reduce_fx="sum")
-        self.log("train/data_consistency", data_per.sum(), batch_size=len(index), sync_dist=world_size(self) > 1,
-                 reduce_fx="sum")
-        return loss_per.sum() * world_size(self)
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """The optimiser step, then ``after_step`` (input updates) before any callback sees the step.
-
-        Doing the input updates here rather than in ``on_train_batch_end`` matters: Lightning runs
-        the callbacks' ``on_train_batch_end`` (e.g. ModelCheckpoint) before the module's, and a
-        checkpoint must hold the inputs of the step it is named after.
-        """
-        optimizer.step(closure=optimizer_closure)
-        y, operator, index = self._last_step
-        self.after_step(y, operator, index)
-
-    @staticmethod
-    def _within_support(output: torch.Tensor, operator: Operator) -> torch.Tensor:
-        """Zero the output where the operator sees nothing (outside the coil maps' support).
-
-        The data never constrain those pixels, so what the network puts there is arbitrary; the
-        reconstructions are reported inside the support only (the loss is unaffected).
-        """
-        support = operator.image_support()
-        return output if support is None else output * support.to(output.dtype)
-
-    def _record_output(self, output: torch.Tensor, index: torch.Tensor) -> None:
-        """Update the EMA and last-output rows of this batch; expose them in measurement units."""
-        if self.ema is None:
-            self.ema = output.new_zeros((self.num_measurements, *output.shape[1:]))
-            self.last = torch.zeros_like(self.ema)
-            self.ema_count = output.new_zeros(self.num_measurements)
-        past = self._ema_past_weight(self.ema_count[index]).view(-1, *([1] * (output.ndim - 1)))
-        self.ema[index] = past * self.ema[index] + (1.0 - past) * output
-        self.ema_count[index] += 1
-        self.last[index] = output
-        self.ema = self._share_rows(self.ema, index)
-        self.last = self._share_rows(self.last, index)
-        self.ema_count = self._share_rows(self.ema_count, index)
-        scale = self.scales[index]
-        self.current_output = undo_scale(output, scale)
-        self.ema_output = undo_scale(self.ema[index], scale)
-        self.last_index = index
-
-    def _ema_past_weight(self, count: torch.Tensor) -> torch.Tensor:
-        """Weight of the old EMA for rows that have had ``count`` outputs (0 for a first output).
-
-        With bias correction the EMA after t outputs equals sum_k (1 - d) d^(t-k) out_k / (1 - d^t),
-        which this weight, d (1 - d^n) / (1 - d^(n+1)) for n = count, produces step by step.
-
-        >>> m = ReconstructionMethod(ema_decay=0.5)
-        >>> m._ema_past_weight(torch.tensor([0.0, 1.0, 50.0]))
-        tensor([0.0000, 0.3333, 0.5000])
-        """
-        decay = self.ema_decay
-        if not self.ema_bias_correction:
-            return torch.where(count > 0, torch.full_like(count, decay), torch.zeros_like(count))
-        return decay * (1.0 - decay**count) / (1.0 - decay ** (count + 1))
-
+    # ----------------------------------------------------------------- results
     @property
     def reconstruction(self) -> Optional[torch.Tensor]:
         """The reconstruction of the last batch's measurements, in measurement units.
@@ -338,15 +400,16 @@ class ReconstructionMethod(pl.LightningModule):
         The EMA or the last outputs per ``output``, with the rows of the last batch replaced by
         ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``).
         """
-        if self.ema is None:
+        state = self.fit_state
+        if not state.allocated or int(state.steps.sum()) == 0:
             raise RuntimeError("nothing has been fitted yet: run trainer.fit first")
-        rows = undo_scale(self.ema if self.output == "ema" else self.last, self.scales)
+        rows = undo_scale(state.ema if self.output == "ema" else state.last, state.scales)
         if self.final_output is not None and self.last_index is not None:
             rows = rows.clone()
             rows[self.last_index] = self.final_output.to(rows.dtype)
         return rows
 
-    def _evaluate(self, batch: Dict[str, Any], stage: str) -> Dict[str, torch.Tensor]:
+    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> Dict[str, torch.Tensor]:
         """Metrics of the current reconstructions of the batch's measurements against its targets."""
         from ugodit_pl.metrics import reconstruction_metrics
 
@@ -372,31 +435,15 @@ class ReconstructionMethod(pl.LightningModule):
         return {
             "reconstruction": self.all_reconstructions()[index],
             "index": index,
-            "name": [self.names[i] for i in index.tolist()],
+            "name": [self.fit_state.names[i] for i in index.tolist()],
         }
+
+    # ----------------------------------------------------------------- optimiser
+    def parameter_groups(self) -> List[Dict[str, Any]]:
+        """The optimiser's parameter groups: the trainable network weights at ``lr``."""
+        weights = [p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("fit_state.")]
+        return [{"params": weights, "lr": self.lr, "name": "weights"}]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over the trainable parameters (fused where torch has the kernel, see ``adam``)."""
-        return adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
-
-    # ----------------------------------------------------------------- state
-    def get_extra_state(self) -> Dict[str, Any]:
-        """Inputs, EMA, scales, names and RNG state: with ``state_dict`` the whole fitting state."""
-        return {
-            "inputs": self.inputs,
-            "ema": self.ema,
-            "ema_count": self.ema_count,
-            "last": self.last,
-            "scales": self.scales,
-            "names": list(self.names),
-            "generator": self.generator.get_state(),
-        }
-
-    def set_extra_state(self, state: Dict[str, Any]) -> None:
-        device = next(iter(self.parameters()), torch.empty(0)).device
-        for key in ("inputs", "ema", "ema_count", "last", "scales"):
-            value = state.get(key)
-            setattr(self, key, None if value is None else value.to(device))
-        self.names = list(state.get("names", self.names))
-        if state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
+        """Adam over ``parameter_groups()`` (see ``ugodit_pl.methods.optim``)."""
+        return adam(self.parameter_groups(), self.optimizer_args, self._trainer)

@@ -1,8 +1,9 @@
 """Vanilla DIP (Ulyanov et al. 2018) and reference-guided DIP.
 
-DIP fits min_theta ||A f_theta(z) - y||^2 with a fixed noise input z ~ U(0, 0.1) (optionally
-perturbed by sigma_p * N(0, 1) at every step); reference-guided DIP uses the fixed input A^H y
-(or a reference image from the batch) instead of noise.
+    loss_k = ||A f(z + sigma_p eta_k) - y||^2,   z ~ U(0, 0.1) fixed,   eta_k ~ N(0, 1) drawn every step.
+
+Reference-guided DIP uses the fixed input A^H y (or a reference image from the batch) instead of
+noise, without perturbation.
 
 >>> method = DIP(num_measurements=1, network="unet", network_args={"channels": [4, 8, 8, 8]})
 >>> method.input_init
@@ -11,14 +12,13 @@ perturbed by sigma_p * N(0, 1) at every step); reference-guided DIP uses the fix
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from ugodit_pl.methods.base import ReconstructionMethod
-from ugodit_pl.methods.inputs import row_noise
+from ugodit_pl.methods.draws import PERTURBATION, row_random
 from ugodit_pl.methods.networks import per_measurement_networks
-from ugodit_pl.operators.base import Operator
 
 
 class DIP(ReconstructionMethod):
@@ -40,20 +40,25 @@ class DIP(ReconstructionMethod):
         if input_perturbation < 0:
             raise ValueError(f"input_perturbation must be >= 0, got {input_perturbation}")
         self.input_perturbation = float(input_perturbation)
-        self.nets = per_measurement_networks(self.network_name, self.network_args, self.num_measurements, self.seed)
+        self.nets = per_measurement_networks(
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init
+        )
         self.save_hyperparameters()
 
-    def network_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.nets(z, indices=index)
+    def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.nets(z, indices=rows)
 
-    def step_loss(self, z: torch.Tensor, y: torch.Tensor, operator: Operator, index: torch.Tensor):
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """One step: ||A f(z + sigma_p eta_k) - y||^2 with a fresh eta_k per row and step."""
+        step = self.begin_step(batch)
+        z = self.fit_state.inputs[step.rows]
         if self.input_perturbation > 0:
-            z = z + row_noise(
-                self.generator, self.num_measurements, tuple(z.shape[1:]), index, z.device, self.input_perturbation
-            )
-        output = self.network_output(z, index)
-        data = self.data_term(output, y, operator)
-        return data, data.detach(), output
+            noise = row_random("normal", self.input_perturbation, self.seed, PERTURBATION, step.row_list,
+                               tuple(z.shape[1:]), step.counts, z.device)
+            z = z + noise.to(z.dtype)
+        output = self.forward_rows(z, step.rows)
+        data = self.data_term(output, step)
+        return self.end_step(step, data, data, output)
 
 
 class ReferenceGuidedDIP(DIP):

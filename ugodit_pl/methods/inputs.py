@@ -3,7 +3,8 @@
 Starts (``input_init``):
 - ``"measurement"``: ``operator.init_input(y)`` (A^H y for MRI, the upsampled / degraded image
   for natural images);
-- ``"noise"``: U(0, 0.1) noise with ``channels`` channels (vanilla DIP);
+- ``"noise"``: U(0, 0.1) noise with ``channels`` channels (vanilla DIP), drawn per row
+  (``ugodit_pl.methods.draws``);
 - ``"reference"``: a reference image given in the batch under ``"reference"``.
 
 Updates (``input_update``), applied every N steps by aSeqDIP and UGoDIT:
@@ -20,10 +21,11 @@ tensor([[[[2., 7.]]]])
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
+from ugodit_pl.methods.draws import NOISE_INPUT, row_random
 from ugodit_pl.operators.base import Operator
 
 INPUT_INITS = ("measurement", "noise", "reference")
@@ -43,15 +45,14 @@ def initial_input(
     y: torch.Tensor,
     *,
     channels: int,
-    generator: torch.Generator,
-    num_rows: int,
-    index: torch.Tensor,
+    seed: int,
+    rows: Sequence[int],
     reference: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The starting input z for the measurements of a batch, rows in batch order.
+    """The starting input z for the measurements of a batch (rows ``rows`` of the set), in batch order.
 
-    Noise is drawn for all ``num_rows`` measurements of the set and rows ``index`` are returned,
-    so a measurement gets the same noise whichever process or batch it is fitted in.
+    A noise input of row i depends only on ``seed`` and i, so a measurement gets the same noise
+    whichever process or batch it is fitted in.
     """
     check_choice("input_init", init, INPUT_INITS)
     if init == "measurement":
@@ -61,8 +62,7 @@ def initial_input(
             raise ValueError("input_init='reference' needs the batch to carry a 'reference' image")
         return reference.detach()
     height, width = operator.init_input(y).shape[-2:]
-    noise = 0.1 * torch.rand(num_rows, channels, height, width, generator=generator)
-    return noise[index.cpu()].to(y.device)
+    return row_random("uniform", 0.1, seed, NOISE_INPUT, rows, (channels, height, width), device=y.device)
 
 
 def updated_input(rule: str, output: torch.Tensor, operator: Operator, y: torch.Tensor) -> torch.Tensor:
@@ -78,11 +78,3 @@ def updated_input(rule: str, output: torch.Tensor, operator: Operator, y: torch.
                 f"{type(operator).__name__} has none (use 'sequential')"
             )
         return consistent(output, y).detach()
-
-
-def row_noise(
-    generator: torch.Generator, num_rows: int, shape: tuple, index: torch.Tensor, device: torch.device, std: float
-) -> torch.Tensor:
-    """Gaussian noise N(0, std^2) for rows ``index`` of a set of ``num_rows`` (drawn for all rows)."""
-    noise = torch.randn((num_rows, *shape), generator=generator)
-    return (std * noise[index.cpu()]).to(device)

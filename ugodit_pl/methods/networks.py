@@ -1,5 +1,9 @@
 """Building the networks of a method from a name and arguments, seeded.
 
+``network_init`` chooses the initial weights: ``"default"`` (PyTorch's layer defaults, drawn from the
+seed) or ``"normal"`` (the authors' notebooks: every convolution N(0, 0.02) with zero bias, every
+BatchNorm weight N(1, 0.02), applied to the whole network before fitting).
+
 >>> nets = per_measurement_networks("unet", {"channels": [4, 8, 8, 8]}, num=2, seed=0)
 >>> nets.num
 2
@@ -7,37 +11,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, TypeVar
+from typing import Any, Dict
 
-import torch
 from torch import nn
 
-from ugodit_pl.nets import ModuleStack, build_network
+from ugodit_pl.nets import ModuleStack, build_network, reinit_decoder_
+from ugodit_pl.nets.init import seeded
+
+NETWORK_INITS = ("default", "normal")
 
 
-T = TypeVar("T")
+def seeded_network(name: str, args: Dict[str, Any], seed: int, network_init: str = "default") -> nn.Module:
+    """``build_network(name, **args)`` with its initial weights drawn from ``seed`` (see ``network_init``)."""
+    if network_init not in NETWORK_INITS:
+        raise ValueError(f"network_init must be one of {NETWORK_INITS}, got {network_init!r}")
+    with seeded(seed):
+        net = build_network(name, **args)
+    if network_init == "normal":
+        reinit_decoder_(net, seed)
+    return net
 
 
-def seeded(seed: int, build: Callable[[], T]) -> T:
-    """Call ``build()`` with PyTorch's global RNG seeded by ``seed``, then restore the RNG state.
-
-    Module constructors draw their default initialisation from the global RNG; this makes them
-    deterministic without disturbing the caller's random stream.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def seeded_network(name: str, args: Dict[str, Any], seed: int) -> nn.Module:
-    """``build_network(name, **args)`` with its default initialisation drawn from ``seed``."""
-    return seeded(seed, lambda: build_network(name, **args))
-
-
-def per_measurement_networks(name: str, args: Dict[str, Any], num: int, seed: int) -> ModuleStack:
+def per_measurement_networks(
+    name: str, args: Dict[str, Any], num: int, seed: int, network_init: str = "default"
+) -> ModuleStack:
     """``num`` independent copies of one seeded network, evaluated in one batched pass.
 
     Every copy starts from the same weights, so a measurement fitted in a batch of B gets the
     result it gets when fitted alone with the same seed.
     """
-    return ModuleStack(seeded_network(name, args, seed), num)
+    return ModuleStack(seeded_network(name, args, seed, network_init), num)

@@ -1,11 +1,14 @@
 """Self-Guided DIP (Liang, Bell, Qu, Wang, Ravishankar, IEEE TCI 2025).
 
-The network weights theta and the input z are optimised jointly (z with its own Adam and a larger
-learning rate). Each step averages the outputs of J noisy copies of the input, which acts as a
-denoiser, and the averaged output guides the input:
+The network weights theta and the input z are optimised jointly; each step averages the outputs of
+J noisy copies of the input, which acts as a denoiser, and the averaged output guides the input:
 
-    min_{theta, z} ||A m(z) - y||^2 + alpha ||m(z) - z||^2,   m(z) = mean_j f(z + eta_j),
+    min_{theta, z} ||A m(z) - y||^2 + alpha ||m(z) - z||^2,   m(z) = (1/J) sum_j f(z + eta_j),
     eta_j ~ N(0, sigma_eta^2).
+
+z is a parameter of the fit from the first step: its own group (with its own learning rate) in
+the method's one Adam, so ``DivergenceRollback`` restores it and damps its learning rate like the
+weights', and checkpoints hold its optimiser state.
 
 >>> method = SelfGuidedDIP(num_measurements=1, network="unet", network_args={"channels": [4, 8, 8, 8]})
 >>> (method.alpha, method.num_draws, method.input_lr)
@@ -14,14 +17,13 @@ denoiser, and the averaged output guides the input:
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ugodit_pl.methods.base import ReconstructionMethod, adam, world_size
-from ugodit_pl.methods.inputs import row_noise
+from ugodit_pl.methods.base import ReconstructionMethod, Step
+from ugodit_pl.methods.draws import SELF_GUIDANCE, row_random
 from ugodit_pl.methods.networks import per_measurement_networks
-from ugodit_pl.operators.base import Operator
 
 
 #: Default Adam learning rate of the input z per network. On 4x super-resolution of FFHQ 00002
@@ -49,6 +51,8 @@ class SelfGuidedDIP(ReconstructionMethod):
         method = SelfGuidedDIP(network="unet", alpha=2.0, num_draws=4, input_lr=0.1)
     """
 
+    optimises_inputs = True
+
     def __init__(
         self,
         *,
@@ -66,68 +70,38 @@ class SelfGuidedDIP(ReconstructionMethod):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if int(num_draws) < 1:
             raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-        if noise_std < 0 or input_lr <= 0:
+        if noise_std < 0 or not input_lr > 0:
             raise ValueError(f"noise_std must be >= 0 and input_lr > 0, got {noise_std} and {input_lr}")
         self.alpha = float(alpha)
         self.num_draws = int(num_draws)
         self.noise_std = float(noise_std)
         self.input_lr = float(input_lr)
-        self.input_optimizer: Optional[torch.optim.Adam] = None
-        self._pending_input_optimizer_state: Optional[Dict[str, Any]] = None
-        self.nets = per_measurement_networks(self.network_name, self.network_args, self.num_measurements, self.seed)
+        self.nets = per_measurement_networks(
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init
+        )
         self.save_hyperparameters()
 
-    def network_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.nets(z, indices=index)
+    def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.nets(z, indices=rows)
 
-    def averaged_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """m(z) = mean over J draws of f(z + eta_j)."""
-        shape = tuple(z.shape[1:])
+    def averaged_output(self, z: torch.Tensor, step: Step) -> torch.Tensor:
+        """m(z) = mean over J draws of f(z + eta_j), eta_j drawn per row and step."""
+        draws = row_random("normal", self.noise_std, self.seed, SELF_GUIDANCE, step.row_list,
+                           (self.num_draws, *z.shape[1:]), step.counts, z.device).to(z.dtype)
         total = 0.0
-        for _ in range(self.num_draws):
-            eta = row_noise(self.generator, self.num_measurements, shape, index, z.device, self.noise_std)
-            total = total + self.network_output(z + eta, index)
+        for j in range(self.num_draws):
+            total = total + self.forward_rows(z + draws[:, j], step.rows)
         return total / self.num_draws
 
-    def step_loss(self, z: torch.Tensor, y: torch.Tensor, operator: Operator, index: torch.Tensor):
-        output = self.averaged_output(z, index)
-        data = self.data_term(output, y, operator)
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """One step: ||A m(z) - y||^2 + alpha ||m(z) - z||^2; the optimiser then steps theta and z."""
+        step = self.begin_step(batch)
+        z = self.fit_state.inputs[step.rows]
+        output = self.averaged_output(z, step)
+        data = self.data_term(output, step)
         loss = data + self.alpha * self.proximity_term(output, z)
-        return loss, data.detach(), output
+        return self.end_step(step, loss, data, output)
 
-    def _ensure_input_optimizer(self) -> torch.optim.Adam:
-        if self.input_optimizer is None:
-            self.inputs.requires_grad_(True)
-            self.input_optimizer = adam([self.inputs], lr=self.input_lr)
-            if self._pending_input_optimizer_state is not None:
-                self.input_optimizer.load_state_dict(self._pending_input_optimizer_state)
-                self._pending_input_optimizer_state = None
-        return self.input_optimizer
-
-    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.inputs is not None:
-            self.inputs.requires_grad_(True)
-        return super().training_step(batch, batch_idx)
-
-    def after_step(self, y: torch.Tensor, operator: Operator, index: torch.Tensor) -> None:
-        """Step the input z with the gradients of the step the weights just took."""
-        input_optimizer = self._ensure_input_optimizer()
-        if self.inputs.grad is not None:
-            # the loss carries a factor world_size for DDP's gradient averaging; z is not averaged
-            self.inputs.grad.div_(world_size(self))
-            input_optimizer.step()
-        input_optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            self.inputs.copy_(self._share_rows(self.inputs.detach(), index))
-
-    def get_extra_state(self) -> Dict[str, Any]:
-        state = super().get_extra_state()
-        if state["inputs"] is not None:
-            state["inputs"] = state["inputs"].detach()
-        state["input_optimizer"] = None if self.input_optimizer is None else self.input_optimizer.state_dict()
-        return state
-
-    def set_extra_state(self, state: Dict[str, Any]) -> None:
-        super().set_extra_state(state)
-        self.input_optimizer = None
-        self._pending_input_optimizer_state = state.get("input_optimizer")
+    def parameter_groups(self) -> List[Dict[str, Any]]:
+        """The weights at ``lr`` and the inputs z at ``input_lr``."""
+        return super().parameter_groups() + [{"params": [self.fit_state.inputs], "lr": self.input_lr, "name": "inputs"}]

@@ -81,24 +81,3 @@ def load_transferable_weights(path: Union[str, Path]) -> Dict[str, Any]:
             f"{str(path)!r} has format version {payload['format_version']}; this ugodit-pl reads up to {FORMAT_VERSION}"
         )
     return payload
-
-
-def load_encoder_state(encoder: nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``encoder``, naming the mismatching keys and shapes on failure."""
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing keys {missing[:5]}")
-        if unexpected:
-            details.append(f"unexpected keys {unexpected[:5]}")
-        if wrong:
-            details.append(
-                "shape mismatches " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-                                                for k in wrong[:5])
-            )
-        raise ValueError(f"the encoder in {source} does not fit this network: " + "; ".join(details))
-    encoder.load_state_dict(state)

@@ -17,20 +17,22 @@ with the same objective (aSeqDIP's).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
 from ugodit_pl.methods.aseqdip import SequentialInputObjective
-from ugodit_pl.methods.networks import seeded, seeded_network
-from ugodit_pl.methods.transferable import (
-    load_encoder_state,
-    load_transferable_weights,
-    save_transferable_weights,
-)
-from ugodit_pl.nets import ModuleStack, reinit_decoder_
+from ugodit_pl.methods.base import world_size
+from ugodit_pl.methods.inputs import check_choice
+from ugodit_pl.methods.networks import seeded_network
+from ugodit_pl.methods.transferable import load_transferable_weights, save_transferable_weights
+from ugodit_pl.nets import ModuleStack, PerSampleBatchNorm2d, build_network, reinit_decoder_
+from ugodit_pl.state_dicts import load_state_strict
 
 ENCODER_BN_MODES = ("train", "eval")
+#: BatchNorm statistics of the shared encoder during pre-training: each measurement its own (ours,
+#: "measurement") or over the group of M measurements in one encoder call (the authors' code, "group").
+ENCODER_NORMS = ("measurement", "group")
 
 
 class UGoDITPretrain(SequentialInputObjective):
@@ -40,8 +42,13 @@ class UGoDITPretrain(SequentialInputObjective):
         num_measurements: M, the number of measurements (and decoders).
         weights_path: where to write the transferable weights at the end of training (also
             see ``ugodit_pl.callbacks.TransferableWeightsCheckpoint``); None writes nothing.
+        encoder_norm: BatchNorm statistics of the shared encoder: ``"measurement"`` (each
+            measurement normalised with its own, as at test time; a batch of M equals M separate
+            passes, and DDP equals one process) or ``"group"`` (the authors' code: the M inputs go
+            through the encoder as one batch and share its statistics; one process only).
         **kwargs: the arguments of ``SequentialInputObjective`` and ``ReconstructionMethod``
-            (``lr`` and ``lam`` default to ``SEQUENTIAL_DEFAULTS``: 1e-3 and 0.1 for the U-Net, 0.01 and 2 for the skip net).
+            (``lr`` and ``lam`` default to ``SEQUENTIAL_DEFAULTS``: 1e-3 and 0.1 for the U-Net, 0.01 and
+            2 for the skip net; ``network_init="normal"`` is the authors' whole-network N(0, 0.02)).
 
     Example::
 
@@ -49,23 +56,34 @@ class UGoDITPretrain(SequentialInputObjective):
         pl.Trainer(max_steps=3000).fit(pre, FastMRIDataModule(..., role="pretrain"))
     """
 
-    def __init__(self, *, weights_path: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(self, *, weights_path: Optional[str] = None, encoder_norm: str = "measurement", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.weights_path = weights_path
-        net = seeded_network(self.network_name, self.network_args, self.seed)
+        self.encoder_norm = check_choice("encoder_norm", encoder_norm, ENCODER_NORMS)
+        net = seeded_network(self.network_name, self.network_args, self.seed, self.network_init)
         self.encoder = net.encoder
-        decoders = [seeded(self.seed + 1 + i, net.make_decoder) for i in range(self.num_measurements)]
+        for layer in self.encoder.modules():
+            if isinstance(layer, PerSampleBatchNorm2d):
+                layer.per_sample = encoder_norm == "measurement"
+        decoders = [net.make_decoder(seed=self.seed + 1 + i) for i in range(self.num_measurements)]
+        if self.network_init == "normal":
+            decoders = [reinit_decoder_(decoder, self.seed + 1 + i) for i, decoder in enumerate(decoders)]
         self.decoders = ModuleStack.from_modules(decoders)
         self.operator_name: Optional[str] = None
         self.save_hyperparameters()
 
-    def network_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         deepest, skips = self.encoder(z)
-        return self.decoders(deepest, skips, indices=index)
+        return self.decoders(deepest, skips, indices=rows)
 
-    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def prepare(self, batch: Mapping[str, Any]) -> None:
+        if self.encoder_norm == "group" and world_size(self) > 1:
+            raise ValueError(
+                "encoder_norm='group' takes BatchNorm statistics over all M measurements in one process; "
+                "it cannot be split over DDP processes (use encoder_norm='measurement', or one device)"
+            )
         self.operator_name = type(batch["operator"]).__name__
-        return super().training_step(batch, batch_idx)
+        super().prepare(batch)
 
     def transferable_metadata(self) -> Dict[str, Any]:
         """What the transferable-weights file records about the pre-training run."""
@@ -79,6 +97,8 @@ class UGoDITPretrain(SequentialInputObjective):
             "input_update": self.input_update,
             "loss_norm": self.loss_norm,
             "lr": self.lr,
+            "encoder_norm": self.encoder_norm,
+            "network_init": self.network_init,
             "normalize_percentile": self.normalize_percentile,
             "seed": self.seed,
         }
@@ -150,16 +170,16 @@ class UGoDITFit(SequentialInputObjective):
         self.weights = str(weights)
         self.encoder_bn = encoder_bn
         self.pretraining = dict(payload.get("metadata", {}))
-        net = seeded_network(self.network_name, self.network_args, self.seed)
-        self.encoder = net.encoder
-        load_encoder_state(self.encoder, payload["encoder"], repr(str(weights)))
+        with torch.device("meta"):  # the architecture only: the weights come from the file and the re-initialisation
+            net = build_network(self.network_name, **self.network_args)
+        self.encoder = net.encoder.to_empty(device="cpu")
+        load_state_strict(self.encoder, payload["encoder"], repr(str(weights)), f"this {self.network_name} encoder")
         self.encoder.requires_grad_(False)
         if encoder_bn == "train":
             for layer in self.encoder.modules():
                 if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                     layer.track_running_stats = False  # batch statistics, buffers left as loaded
-        decoder = net.make_decoder()
-        reinit_decoder_(decoder, self.seed)
+        decoder = reinit_decoder_(net.decoder.to_empty(device="cpu"), self.seed)
         self.decoders = ModuleStack(decoder, self.num_measurements)
         self.save_hyperparameters()
         self.train(self.training)  # Lightning >= 2.2 keeps a module's modes at fit start: set them now
@@ -173,7 +193,7 @@ class UGoDITFit(SequentialInputObjective):
     def on_train_start(self) -> None:
         self.train(True)  # also after a user's own ``.train()`` / ``.eval()`` calls on submodules
 
-    def network_output(self, z: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             deepest, skips = self.encoder(z)
-        return self.decoders(deepest, skips, indices=index)
+        return self.decoders(deepest, skips, indices=rows)

@@ -24,7 +24,8 @@ class PerSampleBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training-mode statistics are computed per sample over (H, W).
 
     - Training mode (or no running statistics): sample b is normalised with the mean and biased
-      variance of ``x[b]`` over (H, W), per channel.
+      variance of ``x[b]`` over (H, W), per channel. With ``per_sample = False`` the statistics are
+      taken over the whole batch, as ``nn.BatchNorm2d`` does (UGoDIT pre-training's ``"group"`` option).
     - Running statistics (when tracked) are updated once per call with the batch mean of the
       per-sample means and of the per-sample *unbiased* variances, with BatchNorm's ``momentum``
       (``momentum=None``: cumulative average). For B = 1 this is exactly ``nn.BatchNorm2d``.
@@ -40,18 +41,21 @@ class PerSampleBatchNorm2d(nn.BatchNorm2d):
     tensor(True)
     """
 
+    per_sample = True
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         shape = (1, -1, 1, 1)
         if use_batch_stats:
-            count = x.shape[2] * x.shape[3]
+            dims = (2, 3) if self.per_sample else (0, 2, 3)
+            count = x.shape[2] * x.shape[3] * (1 if self.per_sample else x.shape[0])
             if count < 2:
                 raise ValueError(
                     f"PerSampleBatchNorm2d: expected more than 1 value per channel in training mode, "
                     f"got input of spatial size {tuple(x.shape[2:])}"
                 )
-            var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+            var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
             if self.training and self.track_running_stats and self.running_mean is not None:
                 self._update_running_stats(mean, var, count)
             out = (x - mean) * torch.rsqrt(var + self.eps)

@@ -15,6 +15,10 @@ leading dimension of 1 is shared by the whole batch).
 - ``data_consistent(x, y)`` (MRI, inpainting): the image whose measurements are y where measured
   and A(x) elsewhere, the "data_consistent" input update of the methods.
 
+These methods take tensors in whatever floating-point precision they come (a network under
+``precision="bf16-mixed"`` returns bfloat16) and compute in at least float32, with autocast off:
+half-precision inputs are converted first (``float32_compute``, applied to every subclass).
+
 >>> import torch
 >>> from ugodit_pl.operators import Inpainting
 >>> op = Inpainting.random(shape=(1, 3, 8, 8), drop_probability=0.5, seed=0)
@@ -25,16 +29,53 @@ torch.Size([1, 3, 8, 8])
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+#: The methods of an operator that take images or measurements (see ``float32_compute``).
+COMPUTING_METHODS = ("forward", "adjoint", "init_input", "data_consistent", "normal")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def float32_compute(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an operator method in at least float32: half-precision tensor arguments are converted to
+    float32 and autocast is disabled inside, so A(x) is never computed in half precision.
+
+    >>> from ugodit_pl.operators import Inpainting
+    >>> op = Inpainting(torch.ones(1, 1, 2, 2))
+    >>> op(torch.ones(1, 1, 2, 2, dtype=torch.bfloat16)).dtype
+    torch.float32
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: "Operator", *args: Any, **kwargs: Any) -> Any:
+        args = tuple(a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a for a in args)
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return method(self, *args, **kwargs)
+
+    wrapper.float32_compute = True  # type: ignore[attr-defined]
+    return wrapper
+
 
 class Operator(nn.Module):
-    """Base class of forward models y = A(x). Subclasses set ``linear`` and implement the methods."""
+    """Base class of forward models y = A(x). Subclasses set ``linear`` and implement the methods.
+
+    ``linear`` tells whether the operator has an adjoint (the adjointness test discovers the linear
+    operators by it).
+    """
 
     linear: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in COMPUTING_METHODS:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "float32_compute", False):
+                setattr(cls, name, float32_compute(method))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -8,8 +8,8 @@ images. DPS draws a new ``k`` on every call; here ``k`` is drawn once per measur
 at construction and kept in the buffer ``latent``, so the forward model is a fixed function.
 
 The network is written here from the paper's architecture, with module names that match the keys of
-bkse's checkpoints (``feature_extractor.*``, ``kernel_extractor.*``, ``adapter.*``, ``recon_trunk.*``)
-so that ``GOPRO_wVAE.pth`` loads. Layout (nf = 64 in DPS's configuration):
+bkse's checkpoints (``feature_extractor.*``, ``adapter.*``, ``recon_trunk.*``) so that
+``GOPRO_wVAE.pth`` loads. Layout (nf = 64 in DPS's configuration):
 
 - ``feature_extractor``: conv 3x3 (input_nc -> nf), two stride-2 convs 3x3, LeakyReLU(0.1) after each,
   ``front_blocks`` residual blocks (conv-ReLU-conv, no normalisation);
@@ -19,8 +19,8 @@ so that ``GOPRO_wVAE.pth`` loads. Layout (nf = 64 in DPS's configuration):
   but the top concatenates its (activated) input as a skip, and the top ends with tanh;
 - ``recon_trunk``: ``back_blocks`` residual blocks, two conv + PixelShuffle(2) + LeakyReLU(0.1)
   up-samplings, conv + LeakyReLU, conv to input_nc; the input image is added at the end;
-- ``kernel_extractor`` (F, the encoder of a kernel from a sharp/blurred pair): not needed to blur, so
-  ``NonlinearBlur`` leaves it out and ignores its weights in the checkpoint.
+- bkse's ``kernel_extractor`` (F, the encoder of a kernel from a sharp/blurred pair) is not needed to
+  blur: it is not built, and its weights in a checkpoint are ignored.
 
 Images: bkse's network works on [0, 1] images (DPS maps its [-1, 1] images to [0, 1] before the
 network and back after, clipping to the range), so a [0, 1] image goes in unchanged here and the
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ugodit_pl.operators.base import Operator, batch_size_of
+from ugodit_pl.state_dicts import load_state_strict
 
 __all__ = ["KernelWizard", "NonlinearBlur", "load_kernel_wizard_state"]
 
@@ -65,21 +66,6 @@ class ResidualBlockNoBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.relu(self.conv1(x)))
-
-
-class ResnetBlock(nn.Module):
-    """x + [reflect-pad, conv 3x3, ReLU, reflect-pad, conv 3x3](x), no bias, no normalisation."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        # Identity layers stand where bkse has its (disabled) normalisation, so indices match its checkpoints.
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False), nn.Identity(), nn.ReLU(),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=False), nn.Identity(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_block(x)
 
 
 class DoubleConv(nn.Module):
@@ -156,60 +142,25 @@ class KernelAdapter(nn.Module):
         return self.model(features, latent)
 
 
-class KernelExtractor(nn.Module):
-    """F: encodes the kernel of a (sharp, blurred) feature pair; (mean, log-variance) with the VAE."""
-
-    def __init__(self, nf: int, kernel_dim: int, use_vae: bool, use_sharp: bool, n_blocks: int) -> None:
-        super().__init__()
-        self.kernel_dim = kernel_dim
-        self.use_vae = use_vae
-        self.use_sharp = use_sharp
-        output_nc = kernel_dim * 2 if use_vae else kernel_dim
-        layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(nf * 2 if use_sharp else nf, nf, 7, bias=False), nn.Identity(), nn.ReLU(),
-        ]
-        for i in range(5):
-            inc, ouc = min(nf * 2**i, output_nc), min(nf * 2 ** (i + 1), output_nc)
-            layers += [nn.Conv2d(inc, ouc, 3, stride=2, padding=1, bias=False), nn.Identity(), nn.ReLU()]
-        layers += [ResnetBlock(output_nc) for _ in range(n_blocks)]
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, sharp: torch.Tensor | None, blur: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs = torch.cat((sharp, blur), dim=1) if self.use_sharp else blur
-        out = self.model(inputs)
-        if self.use_vae:
-            return out[:, : self.kernel_dim], out[:, self.kernel_dim :]
-        return out, torch.zeros_like(out)
-
-
 class KernelWizard(nn.Module):
-    """bkse's KernelWizard: ``adapt_kernel(x, k)`` blurs x with the encoded kernel k (G of the paper).
+    """The blurring part of bkse's KernelWizard: ``adapt_kernel(x, k)`` blurs x with the encoded kernel k (G).
 
-    Arguments map to bkse's options: ``input_nc``, ``nf``, ``front_blocks`` (front_RBs),
-    ``back_blocks`` (back_RBs), ``kernel_dim``, ``use_vae``, ``use_sharp`` and ``extractor_blocks``
-    (KernelExtractor.n_blocks); the defaults are DPS's configuration (normalisation "none",
-    reflection padding, no dropout: the only configuration supported). ``with_kernel_extractor=False``
-    leaves out F, which blurring does not need (it holds most of the weights).
+    Arguments map to bkse's options: ``input_nc``, ``nf``, ``front_blocks`` (front_RBs) and
+    ``back_blocks`` (back_RBs); the defaults are DPS's configuration (normalisation "none",
+    reflection padding, no dropout: the only configuration supported). The latent kernel has 8 nf
+    channels (bkse's kernel_dim = 512 for nf = 64).
 
     Building it like any module initialises it from the global RNG; ``KernelWizard.empty``,
     ``.random(seed)`` and ``.from_checkpoint(path)`` build it on the meta device first and never touch it.
 
-    >>> net = KernelWizard.empty(with_kernel_extractor=False)
+    >>> net = KernelWizard.empty()
     >>> net.latent_channels, tuple(net.adapter.model.down[0].weight.shape)
     (512, (64, 64, 4, 4))
     """
 
-    def __init__(self, input_nc: int = 3, nf: int = 64, front_blocks: int = 10, back_blocks: int = 20,
-                 kernel_dim: int = 512, use_vae: bool = True, use_sharp: bool = True, extractor_blocks: int = 4,
-                 with_kernel_extractor: bool = True) -> None:
+    def __init__(self, input_nc: int = 3, nf: int = 64, front_blocks: int = 10, back_blocks: int = 20) -> None:
         super().__init__()
-        if with_kernel_extractor and kernel_dim != 8 * nf:
-            raise ValueError(
-                f"kernel_dim ({kernel_dim}) must be 8 * nf ({8 * nf}): the adapter takes 8 nf latent channels"
-            )
-        self.config = dict(input_nc=input_nc, nf=nf, front_blocks=front_blocks, back_blocks=back_blocks,
-                           kernel_dim=kernel_dim, use_vae=use_vae, use_sharp=use_sharp,
-                           extractor_blocks=extractor_blocks)
+        self.config = dict(input_nc=input_nc, nf=nf, front_blocks=front_blocks, back_blocks=back_blocks)
         self.input_nc = input_nc
         self.latent_channels = 8 * nf
         self.feature_extractor = nn.Sequential(
@@ -218,8 +169,6 @@ class KernelWizard(nn.Module):
             nn.Conv2d(nf, nf, 3, 2, 1), nn.LeakyReLU(0.1),
             *[ResidualBlockNoBN(nf) for _ in range(front_blocks)],
         )
-        if with_kernel_extractor:
-            self.kernel_extractor = KernelExtractor(nf, kernel_dim, use_vae, use_sharp, extractor_blocks)
         self.adapter = KernelAdapter(nf)
         self.recon_trunk = nn.Sequential(
             *[ResidualBlockNoBN(nf) for _ in range(back_blocks)],
@@ -229,19 +178,9 @@ class KernelWizard(nn.Module):
             nn.Conv2d(nf, input_nc, 3, 1, 1),
         )
 
-    @property
-    def has_kernel_extractor(self) -> bool:
-        return hasattr(self, "kernel_extractor")
-
     def adapt_kernel(self, x: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
         """Blur ``x`` (B, input_nc, H, W) in [0, 1] with the latent kernel (B, 8 nf, H / 128, W / 128)."""
         return x + self.recon_trunk(self.adapter(self.feature_extractor(x), latent))
-
-    def forward(self, sharp: torch.Tensor, blur: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """F: the encoded kernel of a (sharp, blurred) pair, as (mean, log-variance) with the VAE."""
-        if not self.has_kernel_extractor:
-            raise RuntimeError("this KernelWizard was built with_kernel_extractor=False and cannot encode kernels")
-        return self.kernel_extractor(self.feature_extractor(sharp), self.feature_extractor(blur))
 
     # -- construction without the global RNG --------------------------------------------------------------
 
@@ -275,12 +214,10 @@ class KernelWizard(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **config: Any) -> "KernelWizard":
-        """A network loaded from a bkse checkpoint; with ``with_kernel_extractor=False`` F's weights are skipped."""
+        """A network loaded from a bkse checkpoint (the weights of its kernel extractor F are ignored)."""
         network = cls.empty(**config)
-        state = load_kernel_wizard_state(path)
-        if not network.has_kernel_extractor:
-            state = {k: v for k, v in state.items() if not k.startswith("kernel_extractor.")}
-        _load_strict(network, state, path)
+        state = {k: v for k, v in load_kernel_wizard_state(path).items() if not k.startswith("kernel_extractor.")}
+        load_state_strict(network, state, repr(str(path)), f"KernelWizard {network.config}")
         return network
 
 
@@ -307,31 +244,14 @@ def load_kernel_wizard_state(path: str | os.PathLike) -> dict[str, torch.Tensor]
     return state
 
 
-def _load_strict(network: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """``load_state_dict`` with an error that names a few missing, unexpected and mis-shaped keys."""
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        config = getattr(network, "config", {})
-        raise ValueError(
-            f"{str(path)!r} does not hold KernelWizard weights of this configuration {config}: "
-            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
-            f"{len(shapes)} shape mismatches (checkpoint vs model) {shapes[:5]}"
-        )
-    network.load_state_dict(state, strict=True)
-
-
 @functools.lru_cache(maxsize=4)
 def _cached_checkpoint(path: str, mtime_ns: int, size: int, config: tuple) -> KernelWizard:
-    return _freeze(KernelWizard.from_checkpoint(path, **{**dict(config), "with_kernel_extractor": False}))
+    return _freeze(KernelWizard.from_checkpoint(path, **dict(config)))
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_random(config: tuple) -> KernelWizard:
-    return _freeze(KernelWizard.random(seed=0, **{**dict(config), "with_kernel_extractor": False}))
+    return _freeze(KernelWizard.random(seed=0, **dict(config)))
 
 
 def _freeze(network: KernelWizard) -> KernelWizard:

@@ -22,9 +22,9 @@ Tasks, both on real data from ``shared/data`` (see its PROVENANCE.md):
 
 Run it by hand (it is not a test)::
 
-    python -c "from ugodit_pl.benchmarks.early_stopping import early_stopping_benchmark as b; print(b('mri'))"
+    python -c "from ugodit_pl.apps.benchmarks.early_stopping import early_stopping_benchmark as b; print(b('mri'))"
 
->>> from ugodit_pl.benchmarks.early_stopping import early_stopping_benchmark  # doctest: +SKIP
+>>> from ugodit_pl.apps.benchmarks.early_stopping import early_stopping_benchmark  # doctest: +SKIP
 >>> early_stopping_benchmark("denoise", max_steps=3000, patience=500)        # doctest: +SKIP
 """
 
@@ -325,7 +325,7 @@ def run_early_stopping_suite(preset: str = "quick", *, data: Optional[Union[str,
     ``overrides`` (e.g. ``{"max_steps": 20}``) apply to every task. With ``out_dir`` the fixed runs'
     PSNR-vs-step curves are plotted (``early-stopping.png``) with the ES-kept steps marked.
     """
-    from ugodit_pl.benchmarks.common import data_root as resolve_data, plot_curves
+    from ugodit_pl.apps.benchmarks.common import data_root as resolve_data, plot_curves
 
     if preset not in ES_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(ES_PRESETS)}, got {preset!r}")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from ugodit_pl.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
+from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
 
 __all__ = ["PRESETS", "PAPER_PSNR", "METHODS", "run_sr_quality"]
 

@@ -38,9 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import contextlib
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,6 +46,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from ugodit_pl.apps.io import machine_info, write_json
+from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
+from ugodit_pl.atomic import atomic_path
 
 TASKS = ("mri", "sr")
 # The bundled scikit-image photographs the demo uses, in order (test measurements first for sr, last for mri).
@@ -199,23 +201,6 @@ def build_fit(name: str, settings: DemoSettings, weights: Optional[Path]):
 
 
 # --------------------------------------------------------------------------------------------- fitting
-def _progress_callback(progress, task_id, metrics):
-    import pytorch_lightning as pl
-
-    class ProgressCallback(pl.Callback):
-        """Advances a rich progress bar by one per step and shows the latest PSNR."""
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            fields = {}
-            if metrics.history:
-                last = metrics.history[max(metrics.history)]
-                if "psnr" in last:
-                    fields["psnr"] = f"PSNR {last['psnr']:5.2f} dB"
-            progress.update(task_id, advance=1, **fields)
-
-    return ProgressCallback()
-
-
 @dataclass
 class FitResult:
     """What one fit of the demo produced."""
@@ -240,10 +225,12 @@ def run_fit(name: str, method, datamodule, steps: int, settings: DemoSettings, p
 
     metrics = ReconstructionMetrics(every_n_steps=settings.eval_every, log_ema=False, print_summary=False)
     callbacks = [metrics]
-    task_id = None
     if progress is not None:
-        task_id = progress.add_task(name, total=steps, psnr="")
-        callbacks.append(_progress_callback(progress, task_id, metrics))
+        def latest_psnr() -> Dict[str, str]:
+            last = metrics.history[max(metrics.history)] if metrics.history else {}
+            return {"psnr": f"PSNR {last['psnr']:5.2f} dB"} if "psnr" in last else {}
+
+        callbacks.append(step_progress(progress, progress.add_task(name, total=steps, psnr=""), latest_psnr))
     trainer = pl.Trainer(
         max_steps=steps, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0,
@@ -288,30 +275,9 @@ def baseline(settings: DemoSettings, datamodule) -> FitResult:
 
 
 # --------------------------------------------------------------------------------------------- outputs
-def _atomic(path: Path, write) -> None:
-    """``write(temporary_path)``, then move it onto ``path`` (``ugodit_pl.atomic``); the file gets the
-    permissions the user's umask gives new files (the temporary file starts as 0600)."""
-    from ugodit_pl.atomic import atomic_path
-
+def _save_figure(path: Path, figure) -> None:
     with atomic_path(path) as temporary:
-        write(str(temporary))
-        os.chmod(temporary, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, data: Dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    def write(temporary: str) -> None:
-        with open(temporary, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, sort_keys=False)
-            stream.write("\n")
-
-    _atomic(path, write)
+        figure.savefig(temporary, format="png")
 
 
 def _show(axis, image: np.ndarray, vmax: float, title: str) -> None:
@@ -348,7 +314,7 @@ def write_comparison(path: Path, targets: Sequence[np.ndarray], names: Sequence[
             bottom[column].set_title(f"|error| {result.name}", fontsize=9)
             bottom[column].axis("off")
     figure.tight_layout()
-    _atomic(path, lambda temporary: figure.savefig(temporary, format="png"))
+    _save_figure(path, figure)
 
 
 def _error(image: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -376,54 +342,24 @@ def write_psnr_curve(path: Path, results: Sequence[FitResult], baseline_result: 
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    _atomic(path, lambda temporary: figure.savefig(temporary, format="png"))
-
-
-def machine_description() -> Dict[str, Any]:
-    """CPU / GPU, core count and library versions, for results.json."""
-    import pytorch_lightning
-    import torch
-
-    info: Dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "pytorch_lightning": pytorch_lightning.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
+    _save_figure(path, figure)
 
 
 # --------------------------------------------------------------------------------------------- the job
 def run_demo(settings: DemoSettings, out: Path, *, show_progress: bool = True, accelerator: str = "auto",
              console=None) -> Dict[str, Any]:
     """Run the demo with ``settings``, write its files into ``out`` and return results.json's content."""
-    import warnings
-
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    from ugodit_pl.cli import _quiet_lightning
 
     console = console or Console()
-    _quiet_lightning()
-    warnings.filterwarnings("ignore", message=r".*(litlogger|GPU available|TPU available).*")
-    _silence_lightning_info()
+    quiet_lightning()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total_start = time.perf_counter()
     console.print(describe(settings))
-    progress = None
-    if show_progress:
-        progress = Progress(
-            TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[psnr]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-        )
+    progress = progress_display(show_progress, console, fields="{task.fields[psnr]}")
     with tempfile.TemporaryDirectory(prefix="ugodit_demo_") as folder:
-        with _maybe(progress):
+        with progress or contextlib.nullcontext():
             pretrain_dm, test_dm = make_data(settings, Path(folder))
             targets = [display_image(t) for t in test_dm.batch["target"]]
             names = list(test_dm.batch["name"])
@@ -433,7 +369,6 @@ def run_demo(settings: DemoSettings, out: Path, *, show_progress: bool = True, a
                                  settings.pretrain_steps, settings, progress, accelerator)
             weights = out / "transferable_weights.pt"
             pre.save_transferable_weights(weights)
-            os.chmod(weights, 0o666 & ~_umask())
             fits = [
                 run_fit(name, build_fit(name, settings, weights), test_dm, settings.steps, settings, progress,
                         accelerator)
@@ -451,28 +386,6 @@ def run_demo(settings: DemoSettings, out: Path, *, show_progress: bool = True, a
     console.print(f"wrote {out / 'results.json'}, {out / 'comparison.png'}, {out / 'psnr_curve.png'} "
                   f"and {weights.name} in {total:.0f} s")
     return results
-
-
-class _maybe:
-    """``with _maybe(progress):`` enters the progress display when there is one."""
-
-    def __init__(self, context) -> None:
-        self.context = context
-
-    def __enter__(self):
-        return self.context.__enter__() if self.context is not None else None
-
-    def __exit__(self, *exc) -> bool:
-        return bool(self.context.__exit__(*exc)) if self.context is not None else False
-
-
-def _silence_lightning_info() -> None:
-    import logging
-
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def describe(settings: DemoSettings) -> str:
@@ -521,7 +434,7 @@ def assemble_results(settings: DemoSettings, base: FitResult, pre: FitResult, fi
         "psnr_curves": {result.name: result.curve for result in fits},
         "early_step": early,
         "settings": asdict(settings),
-        "machine": machine_description(),
+        "machine": machine_info(),
         "total_seconds": round(total, 1),
         "metrics": ("fastMRI conventions: magnitude, data range = max of the RSS target, 7x7 uniform SSIM"
                     if settings.task == "mri" else "images in [0, 1], data range 1, 11x11 Gaussian SSIM"),

@@ -177,23 +177,6 @@ def _split_debug(argv: Sequence[str]) -> Tuple[List[str], bool]:
 _CLI_CLASS = None
 
 
-def _quiet_lightning() -> None:
-    """Silence messages that are noise for these methods (each fit serves one fixed batch)."""
-    import warnings
-
-    for pattern in (
-        r".*LightningCLI's args parameter is intended to run from within Python.*",
-        r".*does not have many workers.*",
-        r".*You defined a `validation_step` but have no `val_dataloader`.*",
-        r".*Your `IterableDataset` has `__len__` defined.*",
-        r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
-        r"(?s).*was deprecated in v4\.\d+.*",  # jsonargparse deprecations inside LightningCLI, not ours
-        r"(?s).*only one JsonargparseDeprecationWarning per type is shown.*",
-        r"(?s).*skip_none parameter was deprecated.*",
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
 def lightning_cli_class():
     """The ``LightningCLI`` subclass behind ``ugodit fit|validate|test|predict`` (built on first use).
 
@@ -306,7 +289,9 @@ def fitted_set_datamodule(datamodule):
 
 def run_lightning(argv: Sequence[str]) -> int:
     """``ugodit fit|validate|test|predict ...``: run the LightningCLI on ``argv`` (subcommand first)."""
-    _quiet_lightning()
+    from ugodit_pl.apps.runtime import quiet_lightning
+
+    quiet_lightning()
     cli_class = lightning_cli_class()
     cli_class(
         model_class=None,
@@ -325,32 +310,21 @@ def run_lightning(argv: Sequence[str]) -> int:
 
 # --------------------------------------------------------------------------------------------- other commands
 def run_demo(argv: Sequence[str]) -> int:
-    from ugodit_pl.demo import main as demo_main
+    from ugodit_pl.apps.demo import main as demo_main
 
     return demo_main(list(argv))
 
 
 def run_reconstruct(argv: Sequence[str]) -> int:
-    from ugodit_pl.reconstruct import main as reconstruct_main
+    from ugodit_pl.apps.reconstruct import main as reconstruct_main
 
     return reconstruct_main(list(argv))
 
 
 def run_benchmark(argv: Sequence[str]) -> int:
-    """``ugodit benchmark ...``: ``ugodit_pl.benchmarks.cli.main(argv)`` when that module exists."""
-    import importlib
-    import importlib.util
+    from ugodit_pl.apps.benchmarks.cli import main as benchmark_main
 
-    try:
-        spec = importlib.util.find_spec("ugodit_pl.benchmarks.cli")
-    except ImportError:
-        spec = None
-    if spec is None:
-        print(f"{PROG} benchmark: benchmarks are not available yet in this version of ugodit-pl", file=sys.stderr)
-        return 1
-    module = importlib.import_module("ugodit_pl.benchmarks.cli")
-    result = module.main(list(argv))
-    return int(result or 0)
+    return int(benchmark_main(list(argv)) or 0)
 
 
 RUNNERS: Dict[str, Callable[[Sequence[str]], int]] = {

@@ -13,7 +13,7 @@ test image (the real brain only) or far from it (photographs only), pre-training
 a control with an untrained encoder (one pre-training step: what the UGoDIT fit gives without
 transfer), encoder BatchNorm at test time (train / eval), lambda, N, the input-update rule (sequential /
 data-consistent, with the notebooks' unsquared norm), the test-time learning rate, lambda and
-learning rate together (pre-trained with them too), the EMA with or without bias correction, EMA vs
+learning rate together (pre-trained with them too), our bias-corrected EMA or the authors', EMA vs
 last output (from the same runs), and network width (``full`` only). Run a subset with
 ``--set 'variants=[...]'`` (e.g. one process for the data variants and one for the settings).
 
@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ugodit_pl.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
-from ugodit_pl.benchmarks.mri_quality import (
+from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
+from ugodit_pl.apps.benchmarks.mri_quality import (
     PRESETS as MRI_PRESETS,
     _metric_fn_for,
     _metrics,
@@ -78,14 +78,14 @@ VARIANTS: List[Tuple[str, str, Dict[str, Any], Dict[str, Any], Optional[Dict[str
      {"loss_norm": "l2", "input_update": "data_consistent", "update_every": 1}, {}, None),
     ("fit lr 1e-3", "default", {"lr": 1e-3}, {}, None),
     ("lambda = 0.1, lr 1e-3 (pre-training too)", "lam0.1_lr1e-3", {"lam": 0.1, "lr": 1e-3}, {}, None),
-    ("EMA without bias correction (authors')", "default", {"ema_bias_correction": False}, {}, None),
+    ("authors' EMA (every N steps, from zeros)", "default", {"ema_variant": "authors"}, {}, None),
 ]
 WIDE = {"channels": [32, 64, 128, 128]}
 #: The ``quick`` preset's variants: the ones that fit in 15 minutes on 2 CPU cores. The others run with
 #: ``--set 'variants=[...]'`` and ``--name transfer-study_<part>`` (docs/RESULTS.md has such parts).
 QUICK_VARIANTS = ["default", "untrained encoder (1 pre-training step)", "M = 1 (real brain only)",
                   "far data (photographs only)", "encoder BatchNorm eval", "data-consistent input update",
-                  "EMA without bias correction (authors')"]
+                  "authors' EMA (every N steps, from zeros)"]
 
 _BASE = {k: v for k, v in MRI_PRESETS["quick"].items()}
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -245,6 +245,7 @@ def pretrain_step_speed(
     import copy
 
     from ugodit_pl.methods import UGoDITPretrain
+    from ugodit_pl.methods.losses import residual_norm
 
     dev = torch.device(device)
     args = dict(network_args or {"channels": [32, 64, 128, 128]})
@@ -253,15 +254,15 @@ def pretrain_step_speed(
     operator = problem["operator"].to(dev)
     index = problem["index"].to(dev)
     batch = {"y": problem["y"].to(dev), "operator": operator, "index": index, "name": problem["name"]}
-    method._initialise_state(batch, operator, index)
-    y = method._normalised(batch, index)
-    z = method.inputs
+    method.prepare(batch)
+    y = method.begin_step(batch).y
+    z = method.fit_state.inputs
     optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=method.lr)
 
     def batched() -> None:
-        loss, _, _ = method.step_loss(z, y, operator, index)
+        loss = method.training_step(batch, 0)
         optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        loss.backward()
         optimizer.step()
 
     encoder = copy.deepcopy(method.encoder)
@@ -275,7 +276,8 @@ def pretrain_step_speed(
         for i in range(num_decoders):
             zi = z[i : i + 1]
             out = decoders[i](*encoder(zi))
-            total = total + method.data_term(out, y[i : i + 1], operators[i]) + method.lam * method.proximity_term(out, zi)
+            data = residual_norm(operators[i](out) - y[i : i + 1], method.loss_norm)
+            total = total + data + method.lam * method.proximity_term(out, zi)
         looped_optimizer.zero_grad(set_to_none=True)
         total.sum().backward()
         looped_optimizer.step()
@@ -334,14 +336,13 @@ def fit_throughput(
             operator = problem["operator"].to(dev)
             index = problem["index"].to(dev)
             batch = {"y": problem["y"].to(dev), "operator": operator, "index": index, "name": problem["name"]}
-            method._initialise_state(batch, operator, index)
-            y = method._normalised(batch, index)
+            method.prepare(batch)
             optimizer = method.configure_optimizers()
 
             def step() -> None:
-                loss, _, _ = method.step_loss(method.inputs, y, operator, index)
+                loss = method.training_step(batch, 0)
                 optimizer.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                loss.backward()
                 optimizer.step()
 
             times = _median_times({"step": step}, repeats, warmup, dev)["step"]
@@ -453,7 +454,7 @@ def compile_speed(
 
     spec = json.dumps({"network_args": dict(network_args or {"channels": [32, 64, 128, 128]}), "size": list(size),
                        "repeats": repeats, "device": device, "threads": torch.get_num_threads()})
-    command = [sys.executable, "-c", f"from ugodit_pl.benchmarks.speed import compile_worker; compile_worker({spec!r})"]
+    command = [sys.executable, "-c", f"from ugodit_pl.apps.benchmarks.speed import compile_worker; compile_worker({spec!r})"]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)

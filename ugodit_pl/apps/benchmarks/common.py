@@ -1,57 +1,32 @@
-"""What every benchmark suite shares: machine facts, atomic JSON, fitting with PSNR-vs-step curves, plots.
+"""What every benchmark suite shares: the data folder, fitting with PSNR-vs-step curves, plots.
 
-- :func:`machine_info`: CPU model, cores, torch version and threads, GPU name (if any), load
-  average, git revision, Python and platform (recorded in every result file, because timings
-  mean nothing without them);
-- :func:`write_json` / :func:`read_json`: results written atomically (a temporary file in the same
-  folder, then ``os.replace``), NaN/Inf written as ``null`` so the file is strict JSON;
+Result files are written with ``ugodit_pl.apps.io.write_json`` and record
+``ugodit_pl.apps.io.machine_info`` (timings mean nothing without the machine).
+
 - :class:`CurveTracker` and :func:`fit_method`: fit a method on a fixed batch for a number of
   steps with a Lightning ``Trainer``, recording metrics of the current and EMA outputs against
   one or more targets every few steps (the PSNR-vs-step curves);
 - :func:`steps_to_reach`: the first step of a curve at or above a level;
 - :func:`plot_curves`: PSNR-vs-step curves as a PNG (matplotlib, Agg backend).
 
->>> info = machine_info(command=["ugodit", "benchmark", "speed"])
->>> sorted(k for k in ("cpu_model", "cores", "torch", "load_average", "git_revision") if k in info)
-['cores', 'cpu_model', 'git_revision', 'load_average', 'torch']
 >>> steps_to_reach({"steps": [0, 10, 20], "psnr": [10.0, 20.0, 30.0]}, 15.0)
 10
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import platform
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ugodit_pl.apps.io import REPO_ROOT
 from ugodit_pl.atomic import atomic_path
 
-__all__ = [
-    "DEFAULT_DATA",
-    "REPO_ROOT",
-    "CurveTracker",
-    "cpu_model",
-    "data_root",
-    "fit_method",
-    "git_revision",
-    "machine_info",
-    "plot_curves",
-    "read_json",
-    "steps_to_reach",
-    "to_jsonable",
-    "write_json",
-]
+__all__ = ["DEFAULT_DATA", "CurveTracker", "data_root", "fit_method", "plot_curves", "steps_to_reach"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
@@ -67,114 +42,6 @@ def data_root(path: Union[str, Path, None] = None) -> Path:
             f"pass --data DIR or set UGODIT_DATA"
         )
     return root
-
-
-# --------------------------------------------------------------------------- machine facts
-def cpu_model() -> str:
-    """The CPU model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def git_revision(root: Union[str, Path] = REPO_ROOT) -> Dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the repository at ``root`` (read-only git calls)."""
-    def run(*args: str) -> Optional[str]:
-        try:
-            out = subprocess.run(["git", *args], cwd=str(root), capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
-    status = run("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
-
-
-def machine_info(command: Optional[Sequence[str]] = None, device: Union[str, torch.device, None] = None) -> Dict[str, Any]:
-    """Facts about the machine and the run, for a result file.
-
-    ``command``: the command line to record (default ``sys.argv``). ``device``: the device the
-    benchmark ran on (the GPU name is recorded when it is, or when CUDA is available at all).
-    """
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        load = None
-    gpu = None
-    if torch.cuda.is_available():
-        index = torch.device(device).index if device is not None and torch.device(device).type == "cuda" else None
-        gpu = torch.cuda.get_device_name(0 if index is None else index)
-    revision = git_revision()
-    return {
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "gpu": gpu,
-        "device": str(device) if device is not None else ("cuda" if gpu else "cpu"),
-        "load_average": load,
-        "git_revision": revision["commit"],
-        "git_dirty": revision["dirty"],
-        "command": " ".join(list(command) if command is not None else sys.argv),
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-# --------------------------------------------------------------------------- JSON
-_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*|null)(?:,\s*(?:-?[0-9][0-9.eE+-]*|null))*)\s*\]")
-
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON values: tensors and numpy scalars to numbers/lists, tuples to lists, NaN/Inf to None.
-
-    >>> to_jsonable({"a": torch.tensor([1.5, float("nan")]), "b": (1, 2)})
-    {'a': [1.5, None], 'b': [1, 2]}
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return to_jsonable(value.detach().cpu().tolist())
-    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars and 0-d arrays
-        return to_jsonable(value.item() if getattr(value, "ndim", 0) == 0 else value.tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-def write_json(path: Union[str, Path], data: Any) -> Path:
-    """Write ``data`` as indented strict JSON to ``path`` atomically; returns the path.
-
-    >>> import tempfile
-    >>> p = write_json(Path(tempfile.mkdtemp()) / "r.json", {"x": float("inf")})
-    >>> read_json(p)
-    {'x': None}
-    """
-    path = Path(path)
-    text = json.dumps(to_jsonable(data), indent=1, allow_nan=False)
-    # lists of numbers on one line each (curves stay readable and the file small)
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-    return path
-
-
-def read_json(path: Union[str, Path]) -> Any:
-    """Read a JSON result file."""
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 # --------------------------------------------------------------------------- fitting with curves

@@ -54,7 +54,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ugodit_pl.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
+from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
+from ugodit_pl.complex import magnitude as complex_magnitude
 
 __all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "test_problem", "pretraining_files"]
 
@@ -213,15 +214,6 @@ def support_of(batch: Dict[str, Any]) -> torch.Tensor:
     return (maps.abs().pow(2).sum(dim=1, keepdim=True) > 0).float()[:1]
 
 
-def _magnitude(recon: torch.Tensor) -> torch.Tensor:
-    from ugodit_pl.complex import magnitude
-
-    recon = recon.detach().cpu()
-    if recon.is_complex():
-        return recon.abs().unsqueeze(1).float()
-    return magnitude(recon).float() if recon.shape[1] == 2 else recon.float()
-
-
 def _metrics(recon: torch.Tensor, targets: Dict[str, torch.Tensor], support: torch.Tensor) -> Dict[str, Dict[str, float]]:
     """fastMRI-convention metrics of a (1, 2, H, W) or complex (1, H, W) reconstruction against each target.
 
@@ -230,7 +222,7 @@ def _metrics(recon: torch.Tensor, targets: Dict[str, torch.Tensor], support: tor
     """
     from ugodit_pl.metrics import mri_metrics, psnr
 
-    magnitude = _magnitude(recon)
+    magnitude = complex_magnitude(recon.detach().cpu()).float()
     out = {}
     for name, target in targets.items():
         target = target.cpu().float()
@@ -245,7 +237,7 @@ def _metric_fn_for(support: torch.Tensor) -> Callable[[torch.Tensor, torch.Tenso
     from ugodit_pl.metrics import mri_metrics
 
     def metric_fn(output: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return mri_metrics(_magnitude(output) * support.cpu(), target.cpu())
+        return mri_metrics(complex_magnitude(output.detach().cpu()).float() * support.cpu(), target.cpu())
 
     return metric_fn
 

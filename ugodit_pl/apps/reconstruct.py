@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-MRI_SUFFIXES = (".h5", ".hdf5")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from ugodit_pl.apps.io import write_json
+from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
+
 METRICS_DIR = ".metrics"
 SUMMARY = "reconstruct_summary.json"
 DEFAULT_STEPS = {"mri": 2000, "image": 20000}
@@ -99,7 +101,9 @@ def find_items(data: Union[str, os.PathLike], slices: str = "all") -> Tuple[str,
     ...
     FileNotFoundError: --data /nonexistent: no such file or folder
     """
+    from ugodit_pl.datamodules.fastmri import H5_SUFFIXES as MRI_SUFFIXES
     from ugodit_pl.datamodules.fastmri_io import inspect_volume
+    from ugodit_pl.datamodules.image_io import IMAGE_SUFFIXES
     from ugodit_pl.datamodules.selection import select_slices
 
     path = Path(data).expanduser()
@@ -262,8 +266,6 @@ def _metrics_file(out: Path, item: Item) -> Path:
 
 
 def _write_metrics(out: Path, item: Item, values: Dict[str, Any]) -> None:
-    from ugodit_pl.demo import write_json
-
     write_json(_metrics_file(out, item), values)
 
 
@@ -302,17 +304,6 @@ def build_method(plan: Plan, count: int):
         raise ValueError(f"the model settings {plan.model_args} do not fit UGoDITFit: {error}") from None
 
 
-def _progress_callback(progress, task_id):
-    import pytorch_lightning as pl
-
-    class StepProgress(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.is_global_zero:
-                progress.update(task_id, advance=1)
-
-    return StepProgress()
-
-
 def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: str = "") -> Dict[str, Dict[str, Any]]:
     """Fit one chunk (one Trainer.fit, sharded over the processes); returns {item label: metrics} of every
     item of the chunk (each process writes its items' metrics, then all wait for each other)."""
@@ -326,7 +317,7 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
     task_id = None
     if progress is not None:
         task_id = progress.add_task(label, total=plan.steps)
-        callbacks.append(_progress_callback(progress, task_id))
+        callbacks.append(step_progress(progress, task_id))
     trainer = pl.Trainer(max_steps=plan.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
                          **plan.trainer_args)
@@ -372,15 +363,10 @@ def _barrier() -> None:
 def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, Any]:
     """Reconstruct the plan's pending items chunk by chunk; print and return the summary."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
 
     from ugodit_pl.callbacks import ReconstructionWriter
-    from ugodit_pl.cli import _quiet_lightning
-    from ugodit_pl.demo import _maybe, _silence_lightning_info
 
-    _quiet_lightning()
-    _silence_lightning_info()
+    quiet_lightning()
     console = console or Console()
     main_process = _is_global_zero()
     writer = ReconstructionWriter(plan.out, overwrite=plan.overwrite)
@@ -397,12 +383,9 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
                       f"{len(plan.items) - len(pending)} already written in {plan.out}, {len(pending)} to do in "
                       f"{len(work)} chunk(s) of up to {largest}; {plan.steps} steps each with the transferable "
                       f"weights {plan.weights}")
-    progress = None
-    if show_progress and main_process:
-        progress = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+    progress = progress_display(show_progress and main_process, console, description_width=40)
     done_now: Dict[str, Dict[str, Any]] = {}
-    with _maybe(progress):
+    with progress or contextlib.nullcontext():
         overall = progress.add_task("items", total=len(plan.items), completed=len(plan.items) - len(pending)) \
             if progress is not None else None
         for number, chunk in enumerate(work, start=1):
@@ -418,8 +401,6 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
                     progress.update(overall, advance=len(chunk))
     summary = summarize(plan, done_now)
     if main_process:
-        from ugodit_pl.demo import write_json
-
         write_json(plan.out / SUMMARY, summary)
         console.print(summary_table(summary))
     return summary

@@ -69,27 +69,27 @@ def _parse_overrides(items: List[str]) -> Dict[str, Any]:
 def _runner(suite: str) -> Callable[..., Dict[str, Any]]:
     """The function that runs ``suite``: ``fn(preset, out_dir, data, device, seed, overrides) -> result``."""
     if suite == "mri-quality":
-        from ugodit_pl.benchmarks.mri_quality import run_mri_quality
+        from ugodit_pl.apps.benchmarks.mri_quality import run_mri_quality
 
         return lambda preset, out, data, device, seed, overrides: run_mri_quality(
             preset, out, data=data, device=device, seed=seed, overrides=overrides)
     if suite == "sr-quality":
-        from ugodit_pl.benchmarks.sr_quality import run_sr_quality
+        from ugodit_pl.apps.benchmarks.sr_quality import run_sr_quality
 
         return lambda preset, out, data, device, seed, overrides: run_sr_quality(
             preset, out, data=data, device=device, seed=seed, overrides=overrides)
     if suite == "speed":
-        from ugodit_pl.benchmarks.speed import run_speed_suite
+        from ugodit_pl.apps.benchmarks.speed import run_speed_suite
 
         return lambda preset, out, data, device, seed, overrides: run_speed_suite(
             preset, device=device, overrides=overrides)
     if suite == "early-stopping":
-        from ugodit_pl.benchmarks.early_stopping import run_early_stopping_suite
+        from ugodit_pl.apps.benchmarks.early_stopping import run_early_stopping_suite
 
         return lambda preset, out, data, device, seed, overrides: run_early_stopping_suite(
             preset, data=data, device=device, overrides=dict(overrides, seed=seed), out_dir=out)
     if suite == "transfer-study":
-        from ugodit_pl.benchmarks.transfer_study import run_transfer_study
+        from ugodit_pl.apps.benchmarks.transfer_study import run_transfer_study
 
         return lambda preset, out, data, device, seed, overrides: run_transfer_study(
             preset, out, data=data, device=device, seed=seed, overrides=overrides)
@@ -123,7 +123,7 @@ def run_suite(suite: str, preset: str = "quick", out: str = "benchmarks/results"
     """
     import torch
 
-    from ugodit_pl.benchmarks.common import machine_info, write_json
+    from ugodit_pl.apps.io import machine_info, write_json
 
     if preset not in PRESET_NAMES:
         raise ValueError(f"preset must be one of {PRESET_NAMES}, got {preset!r}")
