@@ -14,6 +14,8 @@ detached (B, C, H, W) tensor of the step's output; see docs/ARCHITECTURE.md). Na
 50
 """
 
+from typing import TYPE_CHECKING
+
 from ugodit_pl._lazy import lazy_getattr
 
 _NAMES = {
@@ -23,5 +25,12 @@ _NAMES = {
     "DivergenceRollback": ".rollback",
     "ReconstructionWriter": ".writer",
 }
+if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
+    from .early_stopping import WMVEarlyStopping
+    from .metrics import ReconstructionMetrics
+    from .rollback import DivergenceRollback
+    from .transferable import TransferableWeightsCheckpoint
+    from .writer import ReconstructionWriter
+
 __all__ = sorted(_NAMES)
 __getattr__ = lazy_getattr(__name__, _NAMES)

@@ -14,6 +14,8 @@ Names load on first use, so importing one does not import the others.
 True
 """
 
+from typing import TYPE_CHECKING
+
 from ugodit_pl._lazy import lazy_getattr
 
 _NAMES = {
@@ -28,5 +30,14 @@ _NAMES = {
     "make_mri_demo": ".demo",
     "stable_seed": ".seeding",
 }
+if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
+    from .base import MeasurementDataModule, RepeatedBatch
+    from .collate import collate_measurements
+    from .demo import demo_images, make_mri_demo
+    from .errors import DataError
+    from .fastmri import FastMRIDataModule
+    from .images import DegradedImageDataModule, OPERATOR_NAMES
+    from .seeding import stable_seed
+
 __all__ = sorted(_NAMES)
 __getattr__ = lazy_getattr(__name__, _NAMES)

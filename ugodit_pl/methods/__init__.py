@@ -6,6 +6,8 @@
 (0.1, 0.001)
 """
 
+from typing import TYPE_CHECKING
+
 from ugodit_pl._lazy import lazy_getattr
 
 _NAMES = {
@@ -20,5 +22,13 @@ _NAMES = {
     "save_transferable_weights": ".transferable",
     "load_transferable_weights": ".transferable",
 }
+if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
+    from .aseqdip import ASeqDIP, SequentialInputObjective
+    from .base import ReconstructionMethod
+    from .dip import DIP, ReferenceGuidedDIP
+    from .self_guided import SelfGuidedDIP
+    from .transferable import load_transferable_weights, save_transferable_weights
+    from .ugodit import UGoDITFit, UGoDITPretrain
+
 __all__ = sorted(_NAMES)
 __getattr__ = lazy_getattr(__name__, _NAMES)

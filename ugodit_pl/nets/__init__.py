@@ -7,6 +7,8 @@
 torch.Size([1, 2, 32, 32])
 """
 
+from typing import TYPE_CHECKING
+
 from ugodit_pl._lazy import lazy_getattr
 
 _NAMES = {
@@ -17,5 +19,13 @@ _NAMES = {
     "reinit_decoder_": ".init",
     "build_network": ".registry",
 }
+if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
+    from .init import reinit_decoder_
+    from .norm import PerSampleBatchNorm2d
+    from .registry import build_network
+    from .skip import SkipNet
+    from .stack import ModuleStack
+    from .unet import UNet
+
 __all__ = sorted(_NAMES)
 __getattr__ = lazy_getattr(__name__, _NAMES)

@@ -9,6 +9,8 @@
 torch.Size([1, 1, 32, 32])
 """
 
+from typing import TYPE_CHECKING
+
 from ugodit_pl._lazy import lazy_getattr
 
 _NAMES = {
@@ -25,5 +27,16 @@ _NAMES = {
     "GaussianNoise": ".noise",
     "PoissonNoise": ".noise",
 }
+if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
+    from .base import Operator
+    from .blur import GaussianBlur, MotionBlur
+    from .coil_maps import estimate_coil_maps
+    from .inpainting import Inpainting
+    from .masks import make_mask
+    from .mri import MultiCoilMRI, SingleCoilMRI
+    from .noise import GaussianNoise, PoissonNoise
+    from .nonlinear_blur import NonlinearBlur
+    from .resize import SuperResolution
+
 __all__ = sorted(_NAMES)
 __getattr__ = lazy_getattr(__name__, _NAMES)
