@@ -109,3 +109,19 @@ def test_state_round_trip_and_validation():
         DivergenceRollback(lr_factor=0.0)
     with pytest.raises(ValueError, match="snapshot_every"):
         DivergenceRollback(snapshot_every=0)
+
+
+def test_self_guided_dip_input_is_restored_and_its_learning_rate_damped():
+    """z is a parameter of the one optimiser: a roll-back restores it and halves its learning rate too."""
+    from ugodit_pl.methods import SelfGuidedDIP
+
+    rollback = DivergenceRollback(snapshot_every=2, lr_factor=0.5, min_steps=1000)
+    log = StateLog()
+    model = SelfGuidedDIP(num_measurements=2, network="unet", network_args=TINY_UNET, num_draws=2, input_lr=0.05)
+    fit = trainer(7, [rollback, Corrupt([5]), log])
+    fit.fit(model, loader(mri_batch(num=2, size=16)))
+    assert rollback.count == 1 and rollback.events[0][0] == 5
+    assert_same_state(log.after[5], log.before[2])  # the snapshot before step 3, verified by its loss
+    assert not torch.equal(log.before[2]["fit_state.inputs"], log.before[0]["fit_state.inputs"])  # z had moved
+    groups = {group["name"]: group["lr"] for group in fit.optimizers[0].param_groups}
+    assert groups == {"weights": pytest.approx(model.lr / 2), "inputs": pytest.approx(0.025)}
