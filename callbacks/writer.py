@@ -8,9 +8,21 @@ MRI rows (batches with ``fname`` and ``slice``) are written as magnitude images 
 - ``method``: the class name of the LightningModule; ``settings``: its ``hparams`` as JSON;
 - ``library_version``: ``ugodit_pl.__version__``.
 
+- ``slice_metrics``: one JSON object per slice (same order): its PSNR / SSIM / NMSE against the
+  batch's ``target`` when the batch had one (fastMRI conventions, the slice's own maximum as data
+  range), the steps and seconds of its fit;
+- ``target`` (dataset, when every slice had a target): the targets, for volume metrics
+  (:meth:`ReconstructionWriter.volume_metrics`: fastMRI's evaluate, the volume maximum as data range).
+
 Natural-image rows (no ``fname``/``slice``) are written as ``output_dir/<name>.png`` (8-bit, the
-output clamped to [0, 1]); with ``write_png=True`` MRI magnitudes are also written as PNGs
-(``output_dir/<fname stem>_slice<NNN>.png``, each scaled by its own maximum).
+output clamped to [0, 1]; the metrics in the PNG's ``ugodit_metrics`` text chunk); with
+``write_png=True`` MRI magnitudes are also written as PNGs (``output_dir/<fname stem>_slice<NNN>.png``,
+each scaled by its own maximum).
+
+Checks before the first step: the output folder is writable (``check_output_dir``), and with
+``overwrite=False`` no row of the fit is written already (a fit whose result would be thrown away is
+an error, not an info line). A reconstruction that is not finite (a diverged fit) is never written
+or marked done: the finite rows are written, then :class:`NonFiniteReconstruction` names the others.
 
 Resumable layout. A folder is reconstructed one fit per chunk of slices, so the slices of one
 volume may come from several fits (and from several processes under DDP). Every slice is first
@@ -18,8 +30,9 @@ written on its own, atomically, to ``output_dir/.partial/<fname>/<slice>.npz`` (
 method and settings); then the volume file is re-assembled from its previous content and the
 partial slices (a temporary file moved into place with ``os.replace``), and only then are the
 partial files it now contains deleted. An interruption at any point therefore loses no finished
-slice and never duplicates one (slices are keyed by number); the next assembly picks up what an
-interrupted one left in ``.partial``. A fit that ends by an exception or an interrupt writes
+slice and never duplicates one (slices are keyed by number), and a slice's metrics travel in the
+same file as the slice; the next assembly picks up what an interrupted one left in ``.partial``, and
+temporary files that a killed run left behind are removed (``remove_stale_temporaries``). A fit that ends by an exception or an interrupt writes
 nothing (its chunk is simply redone). ``is_done`` / ``pending`` tell a driver what is already
 written, and with ``overwrite=False`` (the default) already written slices and images are never
 replaced. One process at a time should assemble a given volume (under DDP the global-zero process
@@ -43,6 +56,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -57,6 +71,7 @@ from ugodit_pl.callbacks.early_stopping import row_ids
 
 PARTIAL_DIR = ".partial"
 FORMAT = "ugodit-pl/reconstruction"
+PNG_METRICS_KEY = "ugodit_metrics"
 
 Item = Union[str, Tuple[str, int], Mapping[str, Any]]
 
@@ -85,14 +100,39 @@ def _magnitude(image: torch.Tensor) -> np.ndarray:
     return magnitude(batch)[0, 0].float().numpy()
 
 
-def _png_bytes(array: np.ndarray, stream: Any) -> None:
-    from PIL import Image
+def _png_bytes(array: np.ndarray, stream: Any, text: Optional[Dict[str, str]] = None) -> None:
+    from PIL import Image, PngImagePlugin
 
-    Image.fromarray(array).save(stream, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    Image.fromarray(array).save(stream, format="PNG", pnginfo=info)
+
+
+def _metrics(image: torch.Tensor, target: Optional[torch.Tensor]) -> Dict[str, float]:
+    """PSNR / SSIM (/ NMSE) of one (C, H, W) reconstruction against its target (none without a target)."""
+    if target is None:
+        return {}
+    from ugodit_pl.metrics import reconstruction_metrics
+
+    values = reconstruction_metrics(image[None], target[None].to(image.dtype))
+    return {name: round(float(value[0]), 4) for name, value in values.items()}
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class NonFiniteReconstruction(ValueError):
+    """Some rows of a fit ended as NaN/Inf (a diverged fit): they were not written; ``keys`` names them."""
+
+    def __init__(self, keys: List[Union[str, Tuple[str, int]]]) -> None:
+        self.keys = list(keys)
+        names = ", ".join(key if isinstance(key, str) else f"{key[0]} slice {key[1]}" for key in self.keys)
+        super().__init__(
+            f"ReconstructionWriter: the reconstruction of {names} is not finite (NaN/Inf): not written; fit it again "
+            f"(a DivergenceRollback callback restores the last good state when a fit diverges)"
+        )
 
 
 class ReconstructionWriter(pl.Callback):
@@ -127,6 +167,7 @@ class ReconstructionWriter(pl.Callback):
         self._rows: Dict[int, Dict[str, Any]] = {}
         self._last_ids: List[int] = []
         self._last_signature: Optional[Tuple[Any, ...]] = None
+        self._started = 0.0
 
     # ----------------------------------------------------------------- paths and queries
     @property
@@ -157,6 +198,27 @@ class ReconstructionWriter(pl.Callback):
     def _partial_slices(self, fname: str) -> List[int]:
         folder = self.partial_dir / _volume_name(fname)
         return sorted(int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()) if folder.is_dir() else []
+
+    def check_output_dir(self, what: str = "ReconstructionWriter: output_dir") -> None:
+        """Create ``output_dir`` if needed and check that files can be written there (a ValueError naming it,
+        as ``what``, if not)."""
+        where = f"{what} {self.output_dir}"
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"{where} exists and is not a folder")
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.output_dir / ".write_check") as probe:
+                probe.write_bytes(b"")
+            (self.output_dir / ".write_check").unlink()
+        except OSError as error:
+            raise ValueError(f"{where}: cannot write there ({error.strerror or error})") from None
+
+    def remove_stale_temporaries(self) -> List[Path]:
+        """Remove the temporary files (``.<name>.<random>.tmp``) that a killed run left; returns them."""
+        stale = [p for p in self.output_dir.rglob(".*.tmp") if p.is_file()] if self.output_dir.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     def done_slices(self, fname: str) -> List[int]:
         """Slice numbers of ``fname`` already written (in the volume or waiting in ``.partial``)."""
@@ -199,9 +261,14 @@ class ReconstructionWriter(pl.Callback):
         return result
 
     # ----------------------------------------------------------------- collecting rows
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.check_output_dir()
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rows, self._last_ids, self._last_signature = {}, [], None
         self.written, self.skipped = [], []
+        self._started = time.perf_counter()
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if not isinstance(batch, Mapping):
@@ -217,12 +284,24 @@ class ReconstructionWriter(pl.Callback):
         if (fnames is None) != (slices is None):
             raise KeyError("ReconstructionWriter: MRI batches need both 'fname' and 'slice' (volume and slice number)")
         slice_list = None if slices is None else [int(s) for s in torch.as_tensor(slices).flatten().tolist()]
+        target = batch.get("target")
+        done = []
         for k, row in enumerate(ids):
             entry: Dict[str, Any] = {"name": str(names[k]) if names is not None else f"measurement_{row:04d}"}
             if fnames is not None:
                 entry["fname"] = _volume_name(str(fnames[k]))
                 entry["slice"] = slice_list[k]
+            if isinstance(target, torch.Tensor):
+                entry["target"] = target[k].detach().float().cpu()
             self._rows[row] = entry
+            key = (entry["fname"], entry["slice"]) if "fname" in entry else entry["name"]
+            if not self.overwrite and (self.is_done(*key) if isinstance(key, tuple) else self.is_done(key)):
+                done.append(key)
+        if done:
+            raise ValueError(
+                f"ReconstructionWriter: {self.output_dir} already holds {done}; this fit would be thrown away. "
+                f"Leave them out of the fit, or pass overwrite=True to replace them"
+            )
         self._last_ids = ids
         self._last_signature = signature
 
@@ -262,25 +341,41 @@ class ReconstructionWriter(pl.Callback):
         images = self._images(pl_module) if self._rows else {}
         method = type(pl_module).__name__
         settings = json.dumps(dict(getattr(pl_module, "hparams", {}) or {}), default=str, sort_keys=True)
+        seconds = time.perf_counter() - self._started
+        record = {"steps": int(trainer.global_step), "fit_seconds": round(seconds, 3),
+                  "seconds": round(seconds / max(1, len(self._rows)), 3)}
+        failed: List[Union[str, Tuple[str, int]]] = []
         for row, entry in sorted(self._rows.items()):
-            image = images[row]
+            image = images[row].detach().float().cpu()
+            key = (entry["fname"], entry["slice"]) if "fname" in entry else entry["name"]
+            if not bool(torch.isfinite(image).all()):
+                failed.append(key)
+                continue
+            metrics = dict(record, **_metrics(image, entry.get("target")))
             if "fname" in entry:
-                self._write_slice(entry["fname"], entry["slice"], image, method, settings)
+                self._write_slice(entry["fname"], entry["slice"], image, method, settings, metrics, entry.get("target"))
             else:
-                self._write_image(entry["name"], image)
+                self._write_image(entry["name"], image, metrics)
         trainer.strategy.barrier("ReconstructionWriter")   # every process's slices are on disk
         if trainer.is_global_zero:
             self.assemble_all()
+        if failed:
+            raise NonFiniteReconstruction(failed)
 
-    def _write_slice(self, fname: str, slice_num: int, image: torch.Tensor, method: str, settings: str) -> None:
+    def _write_slice(self, fname: str, slice_num: int, image: torch.Tensor, method: str, settings: str,
+                     metrics: Dict[str, Any], target: Optional[torch.Tensor]) -> None:
         if not self.overwrite and self.is_done(fname, slice_num):
             self.skipped.append((fname, slice_num))
             rank_zero_info(f"ReconstructionWriter: {fname} slice {slice_num} is already written; kept (overwrite=False)")
             return
         magnitude = _magnitude(image)
         path = self._partial_path(fname, slice_num)
+        arrays = {"reconstruction": magnitude, "method": np.array(method), "settings": np.array(settings),
+                  "metrics": np.array(json.dumps(metrics))}
+        if target is not None:
+            arrays["target"] = _magnitude(target)
         with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-            np.savez(stream, reconstruction=magnitude, method=np.array(method), settings=np.array(settings))
+            np.savez(stream, **arrays)
         self.written.append(path)
         if self.write_png:
             png = self.output_dir / f"{_image_stem(Path(fname).stem)}_slice{int(slice_num):03d}.png"
@@ -289,24 +384,65 @@ class ReconstructionWriter(pl.Callback):
                 _png_bytes(_to_uint8(magnitude / scale), stream)
             self.written.append(png)
 
-    def _write_image(self, name: str, image: torch.Tensor) -> None:
+    def _write_image(self, name: str, image: torch.Tensor, metrics: Dict[str, Any]) -> None:
         path = self.image_path(name)
         if not self.overwrite and path.is_file():
             self.skipped.append(name)
             rank_zero_info(f"ReconstructionWriter: {path} exists; kept (overwrite=False)")
             return
-        array = image.detach().float().cpu()
-        if array.is_complex() or array.shape[0] == 2:
-            magnitude = _magnitude(array)
+        if image.is_complex() or image.shape[0] == 2:
+            magnitude = _magnitude(image)
             pixels = _to_uint8(magnitude / (float(magnitude.max()) or 1.0))
-        elif array.shape[0] in (1, 3):
-            pixels = _to_uint8(array.permute(1, 2, 0).numpy())
+        elif image.shape[0] in (1, 3):
+            pixels = _to_uint8(image.permute(1, 2, 0).numpy())
             pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
         else:
-            raise ValueError(f"ReconstructionWriter: cannot write a {array.shape[0]}-channel image as a PNG ({name!r})")
+            raise ValueError(f"ReconstructionWriter: cannot write a {image.shape[0]}-channel image as a PNG ({name!r})")
         with atomic_path(path) as tmp, open(tmp, "wb") as stream:
-            _png_bytes(pixels, stream)
+            _png_bytes(pixels, stream, text={PNG_METRICS_KEY: json.dumps(metrics)})
         self.written.append(path)
+
+    # ----------------------------------------------------------------- metrics
+    def metrics(self, key: str, slice: Optional[int] = None) -> Optional[Dict[str, Any]]:  # noqa: A002
+        """The metrics written with slice ``slice`` of volume ``key`` (MRI), or with image ``key``; None if absent."""
+        if slice is None:
+            path = self.image_path(key)
+            if not path.is_file():
+                return None
+            from PIL import Image
+
+            with Image.open(path) as image:
+                text = getattr(image, "text", {}).get(PNG_METRICS_KEY)
+            return json.loads(text) if text else None
+        part = self._partial_path(key, slice)
+        if part.is_file():
+            with np.load(part, allow_pickle=False) as archive:
+                return json.loads(str(archive["metrics"])) if "metrics" in archive else None
+        path = self.volume_path(key)
+        if not path.is_file():
+            return None
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            numbers = [int(s) for s in np.asarray(handle.attrs.get("slices", []))]
+            records = json.loads(str(handle.attrs.get("slice_metrics", "[]")))
+        return records[numbers.index(int(slice))] if int(slice) in numbers and len(records) == len(numbers) else None
+
+    def volume_metrics(self, fname: str) -> Optional[Dict[str, float]]:
+        """fastMRI's volume metrics of a written volume against its stored targets (None without targets)."""
+        path = self.volume_path(fname)
+        if not path.is_file():
+            return None
+        import h5py
+
+        from ugodit_pl.metrics import volume_metrics
+
+        with h5py.File(path, "r") as handle:
+            if "target" not in handle:
+                return None
+            recon, target = handle["reconstruction"][()], handle["target"][()]
+        values = volume_metrics(torch.from_numpy(recon)[:, None], torch.from_numpy(target)[:, None])
+        return {name: float(value) for name, value in values.items()}
 
     # ----------------------------------------------------------------- volume assembly
     def assemble_all(self) -> List[Path]:
@@ -326,20 +462,32 @@ class ReconstructionWriter(pl.Callback):
         folder = self.partial_dir / name
         parts = {int(p.stem): p for p in folder.glob("*.npz") if p.stem.isdigit()} if folder.is_dir() else {}
         slices: Dict[int, np.ndarray] = {}
+        targets: Dict[int, np.ndarray] = {}
+        records: Dict[int, Any] = {}
         provenance: Dict[int, Tuple[str, str]] = {}
         version = ugodit_pl.__version__
         if path.is_file():
             with h5py.File(path, "r") as handle:
                 data = handle["reconstruction"][()]
+                stored_targets = handle["target"][()] if "target" in handle else None
                 numbers = [int(s) for s in np.asarray(handle.attrs.get("slices", range(data.shape[0])))]
+                old_records = json.loads(str(handle.attrs.get("slice_metrics", "[]")))
                 old = (str(handle.attrs.get("method", "")), str(handle.attrs.get("settings", "")))
                 for k, number in enumerate(numbers):
                     slices[number] = data[k]
                     provenance[number] = old
+                    records[number] = old_records[k] if len(old_records) == len(numbers) else None
+                    if stored_targets is not None:
+                        targets[number] = stored_targets[k]
         for number, part in sorted(parts.items()):
             with np.load(part, allow_pickle=False) as archive:
                 slices[number] = np.asarray(archive["reconstruction"], dtype=np.float32)
                 provenance[number] = (str(archive["method"]), str(archive["settings"]))
+                records[number] = json.loads(str(archive["metrics"])) if "metrics" in archive else None
+                if "target" in archive:
+                    targets[number] = np.asarray(archive["target"], dtype=np.float32)
+                else:
+                    targets.pop(number, None)
         if not slices:
             raise FileNotFoundError(f"ReconstructionWriter: nothing to assemble for {name!r}")
         order = sorted(slices)
@@ -351,11 +499,16 @@ class ReconstructionWriter(pl.Callback):
             rank_zero_warn(f"ReconstructionWriter: {name} holds slices reconstructed with different methods/settings; "
                            f"its attributes record the newest ({newest[0]})")
         volume = np.stack([slices[n] for n in order]).astype(np.float32)
+        target_volume = np.stack([targets[n] for n in order]).astype(np.float32) \
+            if all(n in targets and targets[n].shape == slices[n].shape for n in order) else None
 
         def write(tmp: str) -> None:
             with h5py.File(tmp, "w") as handle:
                 handle.create_dataset("reconstruction", data=volume)
+                if target_volume is not None:
+                    handle.create_dataset("target", data=target_volume)
                 handle.attrs["slices"] = np.asarray(order, dtype=np.int64)
+                handle.attrs["slice_metrics"] = json.dumps([records.get(n) for n in order])
                 handle.attrs["method"] = newest[0]
                 handle.attrs["settings"] = newest[1]
                 handle.attrs["library_version"] = version

@@ -125,11 +125,25 @@ class MeasurementDataModule(pl.LightningDataModule):
     def _validate_selection(self) -> None:
         """Checks that need more than the index (e.g. image sizes); run in setup, on every rank."""
 
+    def _check_measurement(self, position: int) -> None:  # pragma: no cover - abstract
+        """Read measurement ``position`` and check its values (cheap next to fitting it); DataError if unusable."""
+        raise NotImplementedError
+
     # -- public API -----------------------------------------------------------------------------
     @property
     def num_measurements(self) -> int:
         """N, the number of measurements in the served set (all ranks together); cheap, lazy."""
         return self._measurement_count()
+
+    def check(self) -> None:
+        """Check the whole served set, layout and values, without loading it for a fit.
+
+        Raises :class:`DataError` naming the first unusable file (and slice): a folder with a broken third
+        file fails here, in seconds, instead of after the first two files are fitted.
+        """
+        self._validate_selection()
+        for position in range(self._measurement_count()):
+            self._check_measurement(position)
 
     def setup(self, stage: str | None = None, *, rank: int | None = None, world_size: int | None = None) -> None:
         """Validate the selected set and load this rank's shard into one collated batch.

@@ -9,10 +9,12 @@ Rules, per key:
 - :class:`~ugodit_pl.operators.base.Operator` s are concatenated with ``type(op).stack(ops)``
   (all items must hold the same operator class).
 
-The required keys ``y``, ``operator``, ``index`` and ``name`` must be in every item. An optional key
-(``target``, ``reference``, ...) that only some items have is dropped from the whole batch with a
-warning: a group may mix measurements with and without ground truth (e.g. a fully sampled file and
-a really undersampled one in a pre-training set); metrics are then simply not reported for it.
+The keys ``y`` and ``operator`` must be in every item (docs/ARCHITECTURE.md, "Data modules", has the
+whole batch contract). ``index`` defaults to the item's position and ``name`` to
+``measurement_<index>``, as the methods default them. Another key (``target``, ``reference``, ...)
+that only some items have is dropped from the whole batch with a warning: a group may mix
+measurements with and without ground truth (e.g. a fully sampled file and a really undersampled one
+in a pre-training set); metrics are then simply not reported for it.
 
 >>> import torch
 >>> from ugodit_pl.operators import SingleCoilMRI
@@ -32,8 +34,8 @@ import torch
 
 __all__ = ["REQUIRED_KEYS", "collate_measurements"]
 
-REQUIRED_KEYS = ("y", "operator", "index", "name")
-"""Keys every measurement dict must have."""
+REQUIRED_KEYS = ("y", "operator")
+"""Keys every measurement dict must have (``index`` and ``name`` have defaults)."""
 
 
 def collate_measurements(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -45,6 +47,10 @@ def collate_measurements(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         lacking = [i for i, item in enumerate(items) if key not in item]
         if lacking:
             raise ValueError(f"measurement(s) {lacking} have no {key!r}; every measurement needs {REQUIRED_KEYS}")
+    items = [dict(item) for item in items]
+    for position, item in enumerate(items):
+        item.setdefault("index", position)
+        item.setdefault("name", f"measurement_{int(item['index'])}")
     keys: list[str] = []
     for item in items:
         keys.extend(k for k in item if k not in keys)

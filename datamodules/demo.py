@@ -1,19 +1,21 @@
-"""Embedded demo data: scikit-image's bundled photographs, as natural images and as simulated multi-coil MRI.
+"""Embedded data: real MRI images and photographs that installed packages ship, simulated into multi-coil MRI.
 
-Nothing is downloaded: the photographs are the files that the scikit-image wheel ships in
-``skimage/data`` (read directly from there; ``skimage.data``'s loader functions, which may fetch
-files with pooch, are never called).
+Nothing is downloaded: the images are files that the installed wheels ship (read directly from
+there; ``skimage.data``'s loader functions, which may fetch files with pooch, are never called).
 
-- :func:`demo_images` writes RGB PNGs (centre-cropped square, resized) for
-  :class:`~ugodit_pl.datamodules.DegradedImageDataModule`.
-- :func:`make_mri_demo` writes fastMRI-format HDF5 files for
-  :class:`~ugodit_pl.datamodules.FastMRIDataModule`, so that the demo goes through the same reader as
-  real data: each slice is a grayscale photograph (magnitude, max 1) with a smooth random phase,
-  multiplied by birdcage coil sensitivities (``sigpy.mri.birdcage_maps``, root-sum-of-squares 1),
-  Fourier transformed (centred, orthonormal) with complex Gaussian noise of standard deviation
-  ``noise_std`` added; ``reconstruction_rss`` is the root-sum-of-squares of the fully sampled coil
-  images (noise included, as in fastMRI). The photograph is cut to a soft-edged ellipse inside the
-  field of view (MRI objects have empty background around them). Deterministic for a ``seed``.
+- :func:`real_mri_slices`: real MRI magnitude images: matplotlib's sample head MRI (``"s1045"``, one
+  sagittal T1-weighted slice, 256 x 256; matplotlib is a dependency) and nibabel's test volume
+  (``"example4d"``, 24 adjacent axial echo-planar brain slices, 128 x 96; needs nibabel).
+- :func:`write_simulated_mri` turns magnitude images into a fastMRI-format HDF5 file, so that
+  simulated data go through the same reader as real data: each slice (magnitude, max 1) gets a
+  smooth random phase, is multiplied by birdcage coil sensitivities (``sigpy.mri.birdcage_maps``,
+  root-sum-of-squares 1) and Fourier transformed (centred, orthonormal), and complex Gaussian noise
+  of standard deviation ``noise_std`` is added (0.011 of the image maximum per coil is what the real
+  brain of ../shared/data shows); ``reconstruction_rss`` is the root-sum-of-squares of the fully
+  sampled coil images (noise included, as in fastMRI). Deterministic for a ``seed``.
+- :func:`make_mri_demo` does that for scikit-image's bundled photographs (cut to a soft-edged ellipse
+  inside the field of view: MRI objects have empty background around them); :func:`demo_images`
+  writes the photographs as RGB PNGs for :class:`~ugodit_pl.datamodules.DegradedImageDataModule`.
 
 >>> import tempfile
 >>> paths = make_mri_demo(tempfile.mkdtemp(), num_files=1, num_slices=2, size=(32, 32), num_coils=4)
@@ -40,10 +42,13 @@ from .image_io import read_rgb, resize_square, square_crop
 __all__ = [
     "DEMO_IMAGE_NAMES",
     "MRI_IMAGE_NAMES",
+    "REAL_MRI_SOURCES",
     "bundled_image",
     "bundled_image_names",
     "demo_images",
     "make_mri_demo",
+    "real_mri_slices",
+    "write_simulated_mri",
 ]
 
 DEMO_IMAGE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
@@ -126,47 +131,102 @@ def make_mri_demo(
     Slice s of file f shows photograph ``names[(f * num_slices + s) % len(names)]`` (flipped when the
     list is reused), as (H, W) = ``size``; ``kspace`` is (num_slices, num_coils, H, W) complex64.
     """
-    import sigpy.mri
-
     height, width = (int(s) for s in size)
-    if num_files < 1 or num_slices < 1 or num_coils < 1 or min(height, width) < 8:
-        raise ValueError(
-            f"need num_files, num_slices, num_coils >= 1 and size >= 8, got {num_files}, {num_slices}, "
-            f"{num_coils}, {tuple(size)}"
-        )
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if num_files < 1 or num_slices < 1 or min(height, width) < 8:
+        raise ValueError(f"need num_files, num_slices >= 1 and size >= 8, got {num_files}, {num_slices}, {tuple(size)}")
     if not names:
         raise ValueError("names must list at least one bundled image")
-    maps = torch.from_numpy(sigpy.mri.birdcage_maps((num_coils, height, width)).astype(np.complex64))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for f in range(num_files):
-        kspace = np.empty((num_slices, num_coils, height, width), dtype=np.complex64)
-        used = []
-        for s in range(num_slices):
-            number = f * num_slices + s
-            name = names[number % len(names)]
-            used.append(name)
-            magnitude = _grayscale(name, (height, width), variant=number // len(names))
-            rng = np.random.default_rng([seed, f, s])
-            image = torch.from_numpy(magnitude * np.exp(1j * _smooth_phase((height, width), rng)).astype(np.complex64))
-            coil_kspace = fft2c(maps * image).numpy()
-            noise = rng.standard_normal((2,) + coil_kspace.shape).astype(np.float32) * (noise_std / np.sqrt(2))
-            kspace[s] = coil_kspace + noise[0] + 1j * noise[1]
-        rss = ifft2c(torch.from_numpy(kspace)).abs().pow(2).sum(1).sqrt().numpy()
-        attrs = {
-            "max": float(rss.max()),
-            "norm": float(np.linalg.norm(rss)),
-            "acquisition": "DEMO_SKIMAGE_PHOTOGRAPHS",
-            "patient_id": f"demo_seed{seed}_file{f}",
-            "source": "scikit-image bundled photographs " + ", ".join(used) + "; sigpy birdcage coil maps",
-        }
-        path = out / f"demo_mri_{f:02d}.h5"
-        write_fastmri_volume(path, kspace, reconstruction_rss=rss, attrs=attrs)
-        paths.append(path)
+        numbers = [f * num_slices + s for s in range(num_slices)]
+        used = [names[n % len(names)] for n in numbers]
+        images = np.stack([_grayscale(names[n % len(names)], (height, width), variant=n // len(names)) for n in numbers])
+        paths.append(write_simulated_mri(
+            Path(out_dir) / f"demo_mri_{f:02d}.h5", images, num_coils=num_coils, seed=(seed, f),
+            noise_std=noise_std, source="scikit-image bundled photographs " + ", ".join(used),
+            acquisition="DEMO_SKIMAGE_PHOTOGRAPHS"))
     return paths
+
+
+def write_simulated_mri(
+    path: str | os.PathLike,
+    magnitudes: np.ndarray,
+    *,
+    num_coils: int = 8,
+    seed: int | Sequence[int] = 0,
+    noise_std: float = 0.011,
+    source: str = "",
+    acquisition: str = "SIMULATED",
+) -> Path:
+    """Write (S, H, W) magnitude images (each scaled to maximum 1) as a simulated multi-coil fastMRI file.
+
+    ``seed`` (an int or a sequence of ints) seeds the phase and the noise of every slice.
+
+    >>> import tempfile
+    >>> path = write_simulated_mri(Path(tempfile.mkdtemp()) / "a.h5", np.ones((2, 16, 12)), num_coils=4)
+    >>> import h5py; h5py.File(path)["kspace"].shape
+    (2, 4, 16, 12)
+    """
+    import sigpy.mri
+
+    magnitudes = np.asarray(magnitudes, dtype=np.float32)
+    if magnitudes.ndim != 3 or min(magnitudes.shape[1:]) < 8 or not np.isfinite(magnitudes).all():
+        raise ValueError(f"magnitudes must be finite (S, H, W) images with H, W >= 8, got shape {magnitudes.shape}")
+    if num_coils < 1 or not noise_std >= 0:
+        raise ValueError(f"need num_coils >= 1 and noise_std >= 0, got {num_coils} and {noise_std}")
+    slices, height, width = magnitudes.shape
+    maps = torch.from_numpy(sigpy.mri.birdcage_maps((num_coils, height, width)).astype(np.complex64))
+    kspace = np.empty((slices, num_coils, height, width), dtype=np.complex64)
+    for s, magnitude in enumerate(magnitudes):
+        rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), s])
+        peak = float(magnitude.max()) or 1.0
+        phase = np.exp(1j * _smooth_phase((height, width), rng))
+        image = torch.from_numpy((magnitude / peak * phase).astype(np.complex64))
+        coil_kspace = fft2c(maps * image).numpy()
+        noise = rng.standard_normal((2,) + coil_kspace.shape).astype(np.float32) * (noise_std / np.sqrt(2))
+        kspace[s] = coil_kspace + noise[0] + 1j * noise[1]
+    rss = ifft2c(torch.from_numpy(kspace)).abs().pow(2).sum(1).sqrt().numpy()
+    attrs = {
+        "max": float(rss.max()),
+        "norm": float(np.linalg.norm(rss)),
+        "acquisition": acquisition,
+        "patient_id": f"simulated_seed{np.atleast_1d(seed).tolist()}",
+        "source": f"{source}; sigpy birdcage coil maps, smooth random phase, complex noise std {noise_std}",
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_fastmri_volume(path, kspace, reconstruction_rss=rss, attrs=attrs)
+    return path
+
+
+REAL_MRI_SOURCES = ("s1045", "example4d")
+
+
+def real_mri_slices(source: str) -> np.ndarray:
+    """Real MRI magnitude slices that an installed package ships, (S, H, W) float32 (see the module docstring).
+
+    >>> real_mri_slices("s1045").shape
+    (1, 256, 256)
+    """
+    if source == "s1045":
+        import gzip
+
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "sample_data" / "s1045.ima.gz"
+        with gzip.open(path) as stream:
+            pixels = np.frombuffer(stream.read(), dtype="<u2")
+        return pixels.reshape(1, 256, 256).astype(np.float32)
+    if source == "example4d":
+        try:
+            import nibabel
+        except ImportError:
+            raise DataError("the 'example4d' MRI volume is nibabel's test data: pip install nibabel "
+                            "(or ugodit-pl[bench])") from None
+        path = Path(nibabel.__file__).resolve().parent / "tests" / "data" / "example4d.nii.gz"
+        volume = np.asarray(nibabel.load(path).dataobj, dtype=np.float32)[..., 0]  # (128, 96, 24), first volume
+        return np.ascontiguousarray(np.moveaxis(volume, -1, 0))
+    raise DataError(f"unknown real MRI source {source!r}; known: {', '.join(REAL_MRI_SOURCES)}")
 
 
 def _grayscale(name: str, size: tuple[int, int], variant: int) -> np.ndarray:

@@ -134,10 +134,11 @@ class FastMRIDataModule(MeasurementDataModule):
         super().__init__(role=role, steps_per_epoch=steps_per_epoch)
         if mask not in MASK_KINDS:
             raise DataError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
+        acceleration, center_fraction = _number("acceleration", acceleration), _number("center_fraction", center_fraction)
         if mask in ("random", "equispaced", "poisson"):
-            if not float(acceleration) >= 1.0:
+            if not acceleration >= 1.0:
                 raise DataError(f"acceleration must be >= 1 (full sampling), got {acceleration}")
-            if not 0.0 < float(center_fraction) < 1.0:
+            if not 0.0 < center_fraction < 1.0:
                 raise DataError(f"center_fraction must lie in (0, 1), got {center_fraction}")
         if (mask == "path") != (mask_path is not None):
             raise DataError("mask='path' and mask_path go together: give both or neither")
@@ -220,6 +221,11 @@ class FastMRIDataModule(MeasurementDataModule):
         return [_name(info, index) for info, index in self._measurements()]
 
     # -- loading one measurement -----------------------------------------------------------------
+    def _check_measurement(self, position: int) -> None:
+        info, index = self._measurements()[position]
+        data = read_slice(info, index)
+        self._crop(info, data.kspace, data.mask, f"{info.path} slice {index}")
+
     def _load_measurement(self, position: int) -> dict[str, Any]:
         from ugodit_pl.operators import MultiCoilMRI, SingleCoilMRI
 
@@ -337,6 +343,13 @@ class FastMRIDataModule(MeasurementDataModule):
         images = ifft2c(kspace)
         combined = images[0] if maps is None else (maps.conj() * images).sum(dim=0)
         return combined.abs().to(torch.float32)
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be a number, got {value!r}") from None
 
 
 def _name(info: VolumeInfo, index: int) -> str:

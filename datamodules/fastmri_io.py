@@ -27,6 +27,7 @@ The two crops (they do different things):
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,10 @@ def read_slice(info: VolumeInfo, index: int) -> SliceData:
     if not np.isfinite(kspace).all():
         bad = int((~np.isfinite(kspace)).sum())
         raise DataError(f"{where}: 'kspace' holds {bad} NaN/Inf values; expected finite k-space")
+    if rss is not None and not np.isfinite(rss).all():
+        warnings.warn(f"{where}: 'reconstruction_rss' holds NaN/Inf values; the target is the RSS of the k-space "
+                      f"instead", stacklevel=2)
+        rss = None
     kspace_t = torch.from_numpy(kspace.astype(np.complex64, copy=False))
     if not info.multicoil:
         kspace_t = kspace_t.unsqueeze(0)
@@ -204,6 +209,8 @@ def read_slice(info: VolumeInfo, index: int) -> SliceData:
         if not mask.any():
             raise DataError(f"{where}: the file's 'mask' is all zero; expected at least one sampled point")
         mask_t = torch.from_numpy(np.array(mask, dtype=bool))  # a writable copy of the broadcast view
+    if not np.any(kspace):
+        raise DataError(f"{where}: 'kspace' is all zero: the slice holds no signal")
     return SliceData(
         kspace=kspace_t,
         mask=mask_t,

@@ -114,7 +114,10 @@ class DegradedImageDataModule(MeasurementDataModule):
         noise: ``"gaussian"``, ``"poisson"`` or ``"none"``.
         noise_sigma: Gaussian noise level on the [0, 1] scale (DPS's 0.05 on [-1, 1] = 0.025).
         noise_rate: Poisson rate (DPS's meaning; see ``ugodit_pl.operators.PoissonNoise``).
-        size: side of the square images after cropping and resizing; ``None``: no resizing.
+        size: side of the square images after cropping and resizing; ``None``: no resizing. A clean
+            image smaller than ``size`` is refused (it would be invented by upsampling), unless
+            ``allow_upscale``.
+        allow_upscale: resize clean images smaller than ``size`` up to it.
         degraded: the files are already degraded measurements (no target, no noise added).
         seed: base seed of the per-image operator and noise seeds.
         steps_per_epoch: training steps per epoch (see :class:`.base.MeasurementDataModule`).
@@ -133,6 +136,7 @@ class DegradedImageDataModule(MeasurementDataModule):
         noise_rate: float = 1.0,
         size: Optional[int] = 256,
         degraded: bool = False,
+        allow_upscale: bool = False,
         seed: int = 0,
         steps_per_epoch: int = 100,
     ) -> None:
@@ -157,6 +161,7 @@ class DegradedImageDataModule(MeasurementDataModule):
         self.noise_rate = float(noise_rate)
         self.size = None if size is None else int(size)
         self.degraded = bool(degraded)
+        self.allow_upscale = bool(allow_upscale)
         self.seed = int(seed)
         self._sets: dict[str, list] | None = None
         self.save_hyperparameters()
@@ -189,6 +194,13 @@ class DegradedImageDataModule(MeasurementDataModule):
 
     def _validate_selection(self) -> None:
         sizes = {path: probe_size(path) for path in self._paths()}
+        if self.size is not None and not self.degraded and not self.allow_upscale:
+            small = [f"{p.name}: {h}x{w}" for p, (h, w) in sizes.items() if min(h, w) < self.size]
+            if small:
+                raise DataError(
+                    f"images smaller than size={self.size} would be upsampled into made-up detail ({', '.join(small)}); "
+                    f"use a smaller size, size=None, or allow_upscale=True"
+                )
         if self.size is None:
             squares = {path: min(shape) for path, shape in sizes.items()}
             if len(set(squares.values())) > 1:
@@ -199,6 +211,9 @@ class DegradedImageDataModule(MeasurementDataModule):
                 )
 
     # -- loading one measurement -----------------------------------------------------------------
+    def _check_measurement(self, position: int) -> None:
+        read_rgb(self._paths()[position])
+
     def _load_measurement(self, position: int) -> dict[str, Any]:
         path = self._paths()[position]
         image = square_crop(read_rgb(path))

@@ -125,3 +125,27 @@ def test_self_guided_dip_input_is_restored_and_its_learning_rate_damped():
     assert not torch.equal(log.before[2]["fit_state.inputs"], log.before[0]["fit_state.inputs"])  # z had moved
     groups = {group["name"]: group["lr"] for group in fit.optimizers[0].param_groups}
     assert groups == {"weights": pytest.approx(model.lr / 2), "inputs": pytest.approx(0.025)}
+
+
+def test_a_nan_at_the_last_step_ends_the_fit_on_the_restored_finite_state(tmp_path):
+    from ugodit_pl.callbacks import ReconstructionWriter
+
+    rollback = DivergenceRollback(snapshot_every=2, min_steps=1000)
+    writer = ReconstructionWriter(tmp_path)
+    model = method()
+    trainer(6, [rollback, Corrupt([6]), writer]).fit(model, loader(mri_batch(num=2, size=16)))
+    assert rollback.count == 1
+    assert torch.isfinite(model.reconstruction).all() and torch.isfinite(model.all_reconstructions()).all()
+    assert writer.done_slices("vol.h5") == [0, 1]  # written from the restored state
+
+
+def test_a_rollback_to_before_the_first_step_writes_nothing():
+    from ugodit_pl.callbacks.writer import NonFiniteReconstruction, ReconstructionWriter
+    import tempfile
+
+    rollback = DivergenceRollback(snapshot_every=50, min_steps=1000)  # only the start is a snapshot
+    model = method()
+    with pytest.raises(NonFiniteReconstruction, match="vol.h5 slice 0, vol.h5 slice 1 is not finite"):
+        trainer(3, [rollback, Corrupt([3]), ReconstructionWriter(tempfile.mkdtemp())]).fit(
+            model, loader(mri_batch(num=2, size=16)))
+    assert model.fit_state.steps.tolist() == [0, 0] and torch.isnan(model.all_reconstructions()).all()

@@ -15,6 +15,7 @@ import ugodit_pl
 from callback_problems import TINY_UNET, image_batch, loader, mri_batch, trainer
 from ugodit_pl.callbacks import ReconstructionWriter, WMVEarlyStopping
 from ugodit_pl.methods import ASeqDIP
+from ugodit_pl.metrics import reconstruction_metrics
 
 ITEMS = [("a.h5", 0), ("a.h5", 1), ("a.h5", 2), ("b.h5", 0), ("b.h5", 1), ("b.h5", 2)]
 CHUNKS = [ITEMS[0:2], ITEMS[2:4], ITEMS[4:6]]
@@ -96,15 +97,21 @@ def test_chunks_interrupted_and_resumed_lose_and_duplicate_nothing(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_done_slices_are_kept_unless_overwrite(tmp_path):
+def test_a_fit_of_written_slices_is_refused_before_its_first_step_unless_overwrite(tmp_path):
     expected = {}
     writer = ReconstructionWriter(tmp_path)
     fit_chunk(writer, [("a.h5", 4)], expected)
     first = read_volume(tmp_path / "a.h5")[0].copy()
-    # a fit that includes a done slice (the driver did not ask pending) keeps the old one
     batch = mri_batch(num=1, size=16, seed=9, fnames=["a.h5"], slices=[4])
-    trainer(2, [writer]).fit(ASeqDIP(network="unet", network_args=TINY_UNET, lr=0.05), loader(batch))
-    assert writer.skipped == [("a.h5", 4)]
+    steps = []
+
+    class Count(pl.Callback):
+        def on_train_batch_end(self, *args):
+            steps.append(1)
+
+    with pytest.raises(ValueError, match=r"already holds \[\('a.h5', 4\)\].*overwrite=True"):
+        trainer(2, [writer, Count()]).fit(ASeqDIP(network="unet", network_args=TINY_UNET, lr=0.05), loader(batch))
+    assert not steps  # refused before any fitting
     np.testing.assert_array_equal(read_volume(tmp_path / "a.h5")[0], first)
     overwriting = ReconstructionWriter(tmp_path, overwrite=True)
     method = ASeqDIP(network="unet", network_args=TINY_UNET, lr=0.05)
@@ -129,7 +136,7 @@ def test_the_early_stopping_output_is_what_gets_written(tmp_path):
     np.testing.assert_array_equal(png, np.round(np.clip(kept[0] / kept[0].max(), 0, 1) * 255).astype(np.uint8))
 
 
-def test_natural_images_are_written_as_pngs_and_skipped_on_rerun(tmp_path):
+def test_natural_images_are_written_as_pngs_with_their_metrics_and_not_refitted(tmp_path):
     batch = image_batch(num=2, size=16, names=["00002.png", "faces/00013"])
     net = {**TINY_UNET, "in_channels": 3, "out_channels": 3}
     writer = ReconstructionWriter(tmp_path)
@@ -141,10 +148,13 @@ def test_natural_images_are_written_as_pngs_and_skipped_on_rerun(tmp_path):
         assert pixels.shape == (16, 16, 3)
         np.testing.assert_array_equal(pixels, expected)
     assert writer.is_done("00002.png") and writer.pending(["00002", "faces/00013", "other"]) == ["other"]
+    stored = writer.metrics("00002.png")
+    expected_psnr = reconstruction_metrics(method.reconstruction[:1], batch["target"][:1])["psnr"]
+    assert stored["steps"] == 2 and stored["psnr"] == pytest.approx(float(expected_psnr), abs=1e-3)
     before = (tmp_path / "00002.png").read_bytes()
     again = ReconstructionWriter(tmp_path)
-    trainer(3, [again]).fit(ASeqDIP(num_measurements=2, network="unet", network_args=net, lr=0.01), loader(batch))
-    assert sorted(again.skipped) == ["00002.png", "faces/00013"]
+    with pytest.raises(ValueError, match="already holds"):
+        trainer(3, [again]).fit(ASeqDIP(num_measurements=2, network="unet", network_args=net, lr=0.01), loader(batch))
     assert (tmp_path / "00002.png").read_bytes() == before
 
 
@@ -156,3 +166,74 @@ def test_queries_accept_dicts_tuples_and_names(tmp_path):
     assert writer.is_done("d.h5", 0) and not writer.is_done("d.h5", 1) and not writer.is_done("e.h5", 0)
     with pytest.raises(TypeError):
         writer.pending([3])
+
+
+class Poison(pl.Callback):
+    """Turns row ``row`` of the method's outputs into NaN at the end of the fit (a diverged fit)."""
+
+    def __init__(self, row):
+        self.row = row
+
+    def on_train_end(self, trainer, pl_module):
+        poisoned = pl_module.reconstruction.clone()
+        poisoned[self.row] = float("nan")
+        pl_module.final_output = poisoned
+
+
+def test_a_non_finite_reconstruction_is_never_written(tmp_path):
+    writer = ReconstructionWriter(tmp_path)
+    batch = mri_batch(num=2, size=16, fnames=["n.h5", "n.h5"], slices=[0, 1])
+    method = ASeqDIP(num_measurements=2, network="unet", network_args=TINY_UNET, lr=0.05)
+    with pytest.raises(ValueError, match=r"n.h5 slice 1 is not finite.*not written") as error:
+        trainer(2, [Poison(1), writer]).fit(method, loader(batch))
+    assert error.value.keys == [("n.h5", 1)]
+    assert writer.done_slices("n.h5") == [0] and writer.pending([("n.h5", 0), ("n.h5", 1)]) == [("n.h5", 1)]
+
+
+def test_metrics_travel_with_each_slice_and_volume_metrics_use_the_volume_maximum(tmp_path):
+    writer = ReconstructionWriter(tmp_path)
+    batch = mri_batch(num=3, size=16, fnames=["m.h5"] * 3, slices=[0, 1, 2])
+    method = ASeqDIP(num_measurements=3, network="unet", network_args=TINY_UNET, lr=0.05)
+    trainer(3, [writer]).fit(method, loader(batch))
+    per_slice = reconstruction_metrics(method.reconstruction, batch["target"])
+    for k in range(3):
+        stored = writer.metrics("m.h5", k)
+        assert stored["psnr"] == pytest.approx(float(per_slice["psnr"][k]), abs=1e-3) and stored["steps"] == 3
+    with h5py.File(tmp_path / "m.h5") as handle:
+        np.testing.assert_allclose(handle["target"][()], batch["target"][:, 0].numpy(), rtol=1e-6)
+    volume = writer.volume_metrics("m.h5")
+    from ugodit_pl.metrics import volume_metrics
+
+    expected = volume_metrics(torch.from_numpy(read_volume(tmp_path / "m.h5")[0])[:, None], batch["target"])
+    assert volume["psnr"] == pytest.approx(float(expected["psnr"]))
+    assert volume["psnr"] != pytest.approx(float(per_slice["psnr"].mean()), abs=1e-3)  # not the mean of slices
+
+
+def test_the_output_folder_is_checked_before_fitting(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with pytest.raises(ValueError, match=f"output_dir {not_a_folder} exists and is not a folder"):
+        trainer(1, [ReconstructionWriter(not_a_folder)]).fit(
+            ASeqDIP(network="unet", network_args=TINY_UNET), loader(mri_batch(num=1, size=16)))
+
+
+def test_an_unwritable_output_folder_is_named(tmp_path, monkeypatch):
+    import ugodit_pl.callbacks.writer as writer_module
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(writer_module, "atomic_path", refuse)  # what an unwritable folder does (root can write anywhere)
+    with pytest.raises(ValueError, match=f"output_dir {tmp_path}: cannot write there \\(Permission denied\\)"):
+        ReconstructionWriter(tmp_path).check_output_dir()
+
+
+def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    (tmp_path / ".partial" / "a.h5").mkdir(parents=True)
+    stale = [tmp_path / ".a.h5.x1y2.tmp", tmp_path / ".partial" / "a.h5" / ".00003.npz.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    keep = tmp_path / "a.h5.tmp"  # not a temporary of ours
+    keep.write_bytes(b"user file")
+    assert sorted(ReconstructionWriter(tmp_path).remove_stale_temporaries()) == sorted(stale)
+    assert not any(p.exists() for p in stale) and keep.exists()

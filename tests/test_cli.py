@@ -235,7 +235,12 @@ def test_reconstruct_images_with_a_config(tmp_path, capsys):
     save_transferable_weights(weights, build_network("skip", **network_args).encoder, network="skip",
                               network_args=network_args, metadata={"operator": "SuperResolution"})
     out = tmp_path / "out"
-    config = ROOT / "configs" / "sr_ugodit_fit.yaml"
+    import yaml
+
+    settings = yaml.safe_load((ROOT / "configs" / "sr_ugodit_fit.yaml").read_text())
+    settings["data"]["init_args"]["size"] = 32  # the images are 32 x 32: 256 would upsample them (refused)
+    config = tmp_path / "sr_fit.yaml"
+    config.write_text(yaml.safe_dump(settings))
     assert main(reconstruct_args(images, weights, out, "--config", str(config), "--clean")) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["chelsea.png", "coffee.png"]
     summary = json.loads((out / "reconstruct_summary.json").read_text())
@@ -320,7 +325,7 @@ def test_an_interrupted_reconstruction_resumes_and_loses_nothing(mri_folder, tin
 
     monkeypatch.setattr(reconstruct, "build_method", build)
     try:
-        assert main(reconstruct_args(mri_folder, tiny_weights, out, "--chunk-size", "2")) == 1
+        assert main(reconstruct_args(mri_folder, tiny_weights, out, "--chunk-size", "2")) == 130
     finally:
         signal.signal(signal.SIGINT, handler)
     assert "run the same command again to resume" in capsys.readouterr().out

@@ -180,3 +180,32 @@ def test_outputs_of_any_precision_reach_the_operator_in_float32():
     assert operator(half).dtype == torch.complex64
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert operator.adjoint(operator(half)).dtype == torch.float32
+
+
+class SwappedMeasurement(IterableDataset):
+    """Serves one measurement at the first step and another under the same index at the second."""
+
+    def __init__(self) -> None:
+        self.first, self.second = mri_batch(num=1, size=16, seed=0), mri_batch(num=1, size=16, seed=1)
+
+    def __iter__(self):
+        yield self.first
+        yield self.second
+
+
+def test_a_different_measurement_under_the_same_index_is_refused():
+    method = ASeqDIP(network="unet", network_args=TINY_UNET)
+    with pytest.raises(ValueError, match=r"measurements of rows \[0\] differ from those the fit was set up with"):
+        trainer(2).fit(method, DataLoader(SwappedMeasurement(), batch_size=None))
+
+
+def test_batches_need_only_y_and_operator():
+    from ugodit_pl.datamodules import collate_measurements
+
+    batch = mri_batch(num=2, size=16)
+    items = [{"y": batch["y"][k], "operator": batch["operator"].select([k])} for k in range(2)]
+    collated = collate_measurements(items)
+    assert collated["index"].tolist() == [0, 1] and collated["name"] == ["measurement_0", "measurement_1"]
+    method = ASeqDIP(num_measurements=2, network="unet", network_args=TINY_UNET)
+    trainer(2).fit(method, loader(collated, 2))
+    assert method.fit_state.names == ["measurement_0", "measurement_1"]

@@ -174,9 +174,11 @@ def test_errors(tmp_path: Path, folder: Path) -> None:
     with pytest.raises(DataError, match=r"cut.png: cannot decode the image"):
         DegradedImageDataModule(images=str(truncated), size=16).setup()
     with pytest.raises(DataError, match=r"must not hold 'seed'"):
-        DegradedImageDataModule(images=str(folder / "img0.png"), operator="motion_blur", operator_args={"seed": 1}).setup()
+        DegradedImageDataModule(images=str(folder / "img0.png"), operator="motion_blur", operator_args={"seed": 1},
+                                size=None).setup()
     with pytest.raises(DataError, match=r"cannot build operator 'gaussian_blur' with operator_args"):
-        DegradedImageDataModule(images=str(folder / "img0.png"), operator="gaussian_blur", operator_args={"radius": 1}).setup()
+        DegradedImageDataModule(images=str(folder / "img0.png"), operator="gaussian_blur", operator_args={"radius": 1},
+                                size=None).setup()
 
 
 class _Recorder(pl.LightningModule):
@@ -220,3 +222,11 @@ def test_ffhq_super_resolution_selection() -> None:
     assert test.batch["y"].shape == (1, 3, 64, 64) and test.batch["name"] == ["00002.png"]
     noise = test.batch["y"] - test.batch["operator"](test.batch["target"])
     assert 0.02 < noise.std() < 0.03  # DPS's sigma 0.05 on [-1, 1] = 0.025 on [0, 1]
+
+
+def test_small_images_are_not_upsampled_unless_asked(folder: Path) -> None:
+    with pytest.raises(DataError, match=r"smaller than size=64 would be upsampled .*img0.png: 32x32.*allow_upscale"):
+        DegradedImageDataModule(images=str(folder), size=64).setup()
+    upscaled = DegradedImageDataModule(images=str(folder), size=64, allow_upscale=True)
+    upscaled.setup()
+    assert upscaled.batch["target"].shape[-1] == 64

@@ -332,3 +332,34 @@ def test_authors_ema_clips_natural_image_outputs():
 def test_self_guided_input_lr_defaults_per_network(network, args, expected):
     assert SelfGuidedDIP(network=network, network_args=args).input_lr == expected
     assert SelfGuidedDIP(network=network, network_args=args, input_lr=0.5).input_lr == 0.5
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ASeqDIP(network="unet", network_args=TINY_UNET, residual=True),
+    lambda: ReferenceGuidedDIP(network="unet", network_args=TINY_UNET, residual=True),
+    lambda: UGoDITPretrain(network="unet", network_args=TINY_UNET, residual=True),
+])
+def test_a_residual_method_starts_from_its_input(make):
+    """f(z) = z + g(z) with g's output layer at zero: the first output is the input, A^H y / s."""
+    batch = mri_batch(num=1, size=32)
+    method = fit(make(), batch, 1)
+    torch.testing.assert_close(method.fit_state.last, method.fit_state.inputs, rtol=0, atol=0)
+    fit(method, batch, 5)
+    assert not torch.allclose(method.fit_state.last, method.fit_state.inputs)
+
+
+def test_residual_needs_an_image_input_and_an_unsquashed_output():
+    with pytest.raises(ValueError, match="input_init='noise'"):
+        DIP(network="unet", network_args=TINY_UNET, residual=True)
+    with pytest.raises(ValueError, match="need_sigmoid=False"):
+        ASeqDIP(network="skip", network_args=TINY_SKIP, residual=True)
+    ASeqDIP(network="skip", network_args={**TINY_SKIP, "need_sigmoid": False}, residual=True)
+
+
+def test_ugodit_fit_takes_the_residual_setting_of_its_pretraining(tmp_path):
+    path = tmp_path / "encoder.pt"
+    fit(UGoDITPretrain(network="unet", network_args=TINY_UNET, residual=True, weights_path=str(path)),
+        mri_batch(num=1, size=32, seed=1), 2)
+    assert load_transferable_weights(path)["metadata"]["residual"] is True
+    assert UGoDITFit(weights=str(path)).residual is True
+    assert UGoDITFit(weights=str(path), residual=False).residual is False

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -36,9 +37,21 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if _no_space(error):
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path}; what was written before is kept"
+                          ) from error
         raise
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a full disk; h5py reports it only in its message."""
+    while error is not None:
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _umask() -> int:

@@ -46,6 +46,7 @@ __all__ = [
     "nmse",
     "center_crop",
     "mri_metrics",
+    "volume_metrics",
     "image_metrics",
     "reconstruction_metrics",
 ]
@@ -245,6 +246,30 @@ def mri_metrics(
         "psnr": psnr(mag, target, dr),
         "ssim": ssim(mag, target, dr, window="uniform"),
         "nmse": nmse(mag, target),
+    }
+
+
+def volume_metrics(recon: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """fastMRI's ``evaluate`` of one volume: ``{"psnr", "ssim", "nmse"}``, each a 0-d tensor.
+
+    ``recon`` and ``target`` are the volume's magnitude slices (S, 1, H, W). PSNR and NMSE are taken over
+    the whole volume, SSIM is the mean over the slices, all with the volume's maximum as the data range
+    (the per-slice figures of :func:`mri_metrics` use each slice's own maximum, and their mean is not
+    the volume's PSNR).
+
+    >>> import torch
+    >>> target = torch.rand(3, 1, 16, 16)
+    >>> round(float(volume_metrics(target, target)["nmse"]), 6)
+    0.0
+    """
+    _check_pair(recon, target)
+    recon, target = recon.double(), target.double()
+    peak = target.max()
+    mse = (recon - target).pow(2).mean()
+    return {
+        "psnr": 10 * torch.log10(peak**2 / mse),
+        "ssim": ssim(recon, target, peak, window="uniform").mean(),
+        "nmse": (recon - target).pow(2).sum() / target.pow(2).sum(),
     }
 
 

@@ -17,8 +17,10 @@ Commands::
 the reconstructions of a finished fit and need ``--ckpt_path`` (a checkpoint ``fit`` wrote).
 
 Every command ends a user error (a missing config key, a wrong path, weights for another network, a
-bad argument) with ONE line on stderr and exit code 1 (2 for command-line syntax, 130 for Ctrl-C);
-``--debug`` (anywhere on the line) or ``UGODIT_DEBUG=1`` shows the full traceback instead.
+bad argument) with ONE line on stderr and exit code 1 (2 for command-line syntax); a SIGINT (Ctrl-C)
+or SIGTERM (what a cluster scheduler sends) stops it at once with 128 + the signal's number (130,
+143), keeping what was written; ``--debug`` (anywhere on the line) or ``UGODIT_DEBUG=1`` shows the
+full traceback instead.
 
 Subcommands are imported only when used, so ``ugodit --help`` answers at once (no torch import).
 
@@ -31,8 +33,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 PROG = "ugodit"
 
@@ -98,6 +102,7 @@ _BOILERPLATE = (
 _REWRITES = (
     (re.compile(r'Parser key "([^"]+)":'), r"\1:"),
     (re.compile(r"Problem with given class_path '([^']+)':"), r"\1:"),
+    (re.compile(r"Expected a <class '(\w+)'>\.? ?(Got|Given) value: "), r"expected a \1, got "),
     (re.compile(r"Expected a <class '(\w+)'>"), r"expected a \1,"),
     (re.compile(r"Given value: "), "got "),
 )
@@ -200,6 +205,11 @@ def lightning_cli_class():
 
         def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
             kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if kwargs.get("datamodule") is None and not kwargs.get("train_dataloaders"):
+                raise ValueError(
+                    f"`{PROG} {subcommand}` needs data: the config has no data section (data.class_path, e.g. "
+                    f"ugodit_pl.datamodules.FastMRIDataModule, with its init_args)"
+                )
             if subcommand in ("validate", "test", "predict"):
                 if not kwargs.get("ckpt_path"):
                     raise ValueError(
@@ -335,6 +345,29 @@ RUNNERS: Dict[str, Callable[[Sequence[str]], int]] = {
 
 
 # --------------------------------------------------------------------------------------------- entry point
+class Stopped(BaseException):
+    """A SIGINT or SIGTERM received while a command runs; it ends the command with 128 + the signal number.
+
+    A ``BaseException`` other than ``KeyboardInterrupt``, so that Lightning tears the fit down and lets
+    it through (it turns a ``KeyboardInterrupt`` into exit status 1).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def _install_signal_handlers() -> Dict[int, Any]:
+    """Route SIGINT and SIGTERM to :class:`Stopped` (main thread only); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``ugodit`` console script; returns the exit code.
 
@@ -354,21 +387,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: unknown command {command!r}; commands: {', '.join(COMMANDS)} "
               f"(see {PROG} --help)", file=sys.stderr)
         return 2
+    previous = _install_signal_handlers()
     try:
         if command in LIGHTNING_COMMANDS:
             return run_lightning([command, *rest])
         return int(RUNNERS[command](rest) or 0)
     except SystemExit as exit_:
         return _exit_code(exit_)
-    except KeyboardInterrupt:
+    except (Stopped, KeyboardInterrupt) as stop:
         if debug:
             raise
-        print(f"{PROG} {command}: interrupted", file=sys.stderr)
-        return 130
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        print(f"{PROG} {command}: stopped by {signal.Signals(signum).name}; what was written so far is kept",
+              file=sys.stderr)
+        return 128 + int(signum)
     except Exception as error:  # noqa: BLE001 - the top level turns every error into one line
         if debug:
             raise
         return _report(command, error)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,12 +8,18 @@ folder of images, is fitted by ``UGoDITFit`` (encoder frozen to ``--weights``, f
 - with ``--devices D`` (and ``--strategy ddp``, the default for D > 1) each chunk is sharded over the
   D processes (rank r fits the chunk's items r, r + D, ...); Lightning starts the other processes by
   running the same command again, and every process computes the same chunks;
+- before any fitting: ``--out`` must be a writable folder, and every selected slice (or image) is read
+  and checked (finite, non-zero k-space; a file that fails is named, with its slice);
 - after each chunk the writer stores every slice atomically (``DIR/<file>.h5`` volumes in the fastMRI
-  submission layout, or ``DIR/<image>.png``); an interrupted run loses at most the chunk in progress,
-  and running the same command again skips everything already written (``--overwrite`` redoes it);
-- metrics against the ground truth (when the data have one: fully sampled files, clean images) are
-  kept per item in ``DIR/.metrics/``; the final table and ``DIR/reconstruct_summary.json`` list every
-  item, reconstructed now or in an earlier run.
+  submission layout, or ``DIR/<image>.png``), each with its metrics against the ground truth when the
+  data have one (fully sampled files, clean images); an interrupted run loses at most the chunk in
+  progress, and running the same command again skips everything already written (``--overwrite``
+  redoes it) and removes the temporary files a killed run left;
+- a slice whose reconstruction is not finite (a diverged fit) is not written: the run goes on with
+  the other chunks, names the failed slices and exits with status 1;
+- the final table and ``DIR/reconstruct_summary.json`` list every item, reconstructed now or in an
+  earlier run, with per-slice metrics (each slice's own maximum as data range) and, for MRI, per-volume
+  metrics as fastMRI's evaluate reports them (the volume maximum as data range).
 
 Settings come from, in increasing priority: the defaults of ``UGoDITFit`` and the data module, the
 objective recorded in the weights file (loss norm, lambda, N, input update of the pre-training), a
@@ -34,10 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -45,7 +48,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from ugodit_pl.apps.io import write_json
 from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
 
-METRICS_DIR = ".metrics"
 SUMMARY = "reconstruct_summary.json"
 DEFAULT_STEPS = {"mri": 2000, "image": 20000}
 
@@ -55,7 +57,7 @@ _DATA_SELECTION_KEYS = ("test_files", "test_slices", "pretrain_files", "pretrain
 # Keys of model.init_args that reconstruct sets itself.
 _MODEL_FIXED_KEYS = ("num_measurements", "weights")
 # Objective settings recorded in the weights' metadata that the test-time fit reuses by default.
-_INHERITED = ("lam", "update_every", "input_update", "loss_norm", "normalize_percentile")
+_INHERITED = ("lam", "update_every", "input_update", "loss_norm", "normalize_percentile", "residual")
 
 
 @dataclass(frozen=True)
@@ -180,9 +182,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     data_args = {k: v for k, v in config["data"].items() if k not in _DATA_SELECTION_KEYS}
     if kind == "image" and args.degraded is not None:
         data_args["degraded"] = args.degraded
-    steps = args.steps or config["trainer"].get("max_steps") or DEFAULT_STEPS[kind]
-    if int(steps) < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+    steps = args.steps if args.steps is not None else config["trainer"].get("max_steps") or DEFAULT_STEPS[kind]
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps (or the config's trainer.max_steps) must be a positive number of steps, got {steps}")
     if args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     count = _device_count(args.devices)
@@ -194,29 +196,33 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trainer_args["strategy"] = "ddp"
     if args.precision is not None:
         trainer_args["precision"] = args.precision
-    return Plan(kind, items, weights, Path(args.out), int(steps), int(args.chunk_size), model_args, data_args,
+    plan = Plan(kind, items, weights, Path(args.out), int(steps), int(args.chunk_size), model_args, data_args,
                 trainer_args, bool(args.overwrite))
+    check_output(plan.out)
+    check_data(plan)
+    return plan
 
 
-MRI_OPERATORS = ("MultiCoilMRI", "SingleCoilMRI")
+def check_output(out: Path) -> None:
+    """``--out`` must be a folder that can be written (created when missing)."""
+    from ugodit_pl.callbacks import ReconstructionWriter
+
+    ReconstructionWriter(out).check_output_dir("--out")
+
+
+def check_data(plan: Plan) -> None:
+    """Read and check every item (values, sizes) before anything is fitted; the first bad file is named."""
+    build_datamodule(plan, plan.items).check()
 
 
 def check_weights_fit_data(weights: Path, payload: Dict[str, Any], kind: str) -> None:
-    """Refuse transferable weights pre-trained for another kind of data (MRI vs images).
+    """Refuse transferable weights pre-trained for another kind of data (MRI vs images), naming --weights."""
+    from ugodit_pl.methods.transferable import check_weights_task
 
-    The weights record the operator class of their pre-training and the network's input channels
-    (2 = real/imaginary for MRI, 3 = RGB for images).
-    """
-    data = "MRI (fastMRI files)" if kind == "mri" else "images"
-    operator = (payload.get("metadata") or {}).get("operator")
-    if operator and (operator in MRI_OPERATORS) != (kind == "mri"):
-        raise ValueError(f"--weights {weights} were pre-trained on {operator} measurements, but --data holds {data}; "
-                         f"use transferable weights pre-trained for this task")
-    channels = (payload.get("network_args") or {}).get("in_channels")
-    expected = 2 if kind == "mri" else 3
-    if channels is not None and int(channels) != expected:
-        raise ValueError(f"--weights {weights} hold a {payload.get('network')} encoder with {channels} input channels, "
-                         f"but {data} need {expected}")
+    try:
+        check_weights_task(payload, mri=kind == "mri")
+    except ValueError as error:
+        raise ValueError(f"--weights {weights}: {error}") from None
 
 
 def _device_count(devices: str) -> int:
@@ -258,27 +264,6 @@ def chunks(items: Sequence[Item], size: int, world_size: int = 1) -> List[List[I
     return result
 
 
-# --------------------------------------------------------------------------------------------- per-item metrics
-def _metrics_file(out: Path, item: Item) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", item.path.name)
-    suffix = "" if item.slice is None else f"__slice{item.slice:05d}"
-    return out / METRICS_DIR / f"{stem}{suffix}.json"
-
-
-def _write_metrics(out: Path, item: Item, values: Dict[str, Any]) -> None:
-    write_json(_metrics_file(out, item), values)
-
-
-def _read_metrics(out: Path, item: Item) -> Dict[str, Any]:
-    path = _metrics_file(out, item)
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 # --------------------------------------------------------------------------------------------- fitting
 def _is_global_zero() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "")
@@ -305,11 +290,9 @@ def build_method(plan: Plan, count: int):
 
 
 def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: str = "") -> Dict[str, Dict[str, Any]]:
-    """Fit one chunk (one Trainer.fit, sharded over the processes); returns {item label: metrics} of every
-    item of the chunk (each process writes its items' metrics, then all wait for each other)."""
+    """Fit one chunk (one Trainer.fit, sharded over the processes); returns {item label: the metrics the
+    writer stored with it} for every item of the chunk."""
     import pytorch_lightning as pl
-
-    from ugodit_pl.metrics import reconstruction_metrics
 
     datamodule = build_datamodule(plan, chunk)
     method = build_method(plan, len(chunk))
@@ -321,55 +304,43 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
     trainer = pl.Trainer(max_steps=plan.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
                          **plan.trainer_args)
-    start = time.perf_counter()
     try:
         trainer.fit(method, datamodule=datamodule)
-    except SystemExit:
+    except BaseException as stop:
         if trainer.interrupted and trainer.is_global_zero:
             print(f"interrupted: the slices written so far are kept in {plan.out}; run the same command again to "
                   f"resume", flush=True)
+        if isinstance(stop, SystemExit) and trainer.interrupted:  # Lightning's exit(1) after a KeyboardInterrupt
+            raise KeyboardInterrupt from None
         raise
-    seconds = time.perf_counter() - start
     if progress is not None:
         progress.remove_task(task_id)
-    batch = datamodule.batch
-    index = [int(i) for i in batch["index"].tolist()]
-    results: Dict[str, Dict[str, Any]] = {}
-    values = {}
-    if batch.get("target") is not None:
-        import torch
-
-        with torch.no_grad():
-            recon = method.all_reconstructions()[batch["index"].to(method.device)]
-            values = reconstruction_metrics(recon.float().cpu(), batch["target"].float().cpu())
-    for row, position in enumerate(index):
-        item = chunk[position]
-        entry: Dict[str, Any] = {"name": item.label, "steps": plan.steps,
-                                 "seconds": round(seconds / max(1, len(index)), 2), "chunk_seconds": round(seconds, 2)}
-        entry.update({name: round(float(v[row]), 4) for name, v in values.items()})
-        _write_metrics(plan.out, item, entry)
-        results[item.label] = entry
-    _barrier()  # every process's metrics are on disk: the chunk's results are complete on every process
-    return {item.label: results.get(item.label) or _read_metrics(plan.out, item) for item in chunk}
+    if not trainer.is_global_zero:  # the main process reports; the volumes are its to assemble
+        return {}
+    return {item.label: writer.metrics(*_writer_key(item)) or {} for item in chunk}
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def _writer_key(item: Item) -> Tuple[Any, ...]:
+    return (item.path.name,) if item.slice is None else (item.path.name, int(item.slice))
 
 
 def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, Any]:
-    """Reconstruct the plan's pending items chunk by chunk; print and return the summary."""
+    """Reconstruct the plan's pending items chunk by chunk; print and return the summary.
+
+    A chunk whose fit diverged writes its finite slices and names the others in ``summary["failed"]``;
+    the run goes on with the next chunks.
+    """
     from rich.console import Console
 
     from ugodit_pl.callbacks import ReconstructionWriter
+    from ugodit_pl.callbacks.writer import NonFiniteReconstruction
 
     quiet_lightning()
     console = console or Console()
     main_process = _is_global_zero()
     writer = ReconstructionWriter(plan.out, overwrite=plan.overwrite)
+    if main_process:
+        writer.remove_stale_temporaries()
     pending_keys = writer.pending([item.key for item in plan.items]) if not plan.overwrite else \
         [item.key for item in plan.items]
     pending_set = set(map(_hashable, pending_keys))
@@ -385,24 +356,36 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
                       f"weights {plan.weights}")
     progress = progress_display(show_progress and main_process, console, description_width=40)
     done_now: Dict[str, Dict[str, Any]] = {}
+    failed: List[str] = []
     with progress or contextlib.nullcontext():
         overall = progress.add_task("items", total=len(plan.items), completed=len(plan.items) - len(pending)) \
             if progress is not None else None
         for number, chunk in enumerate(work, start=1):
             label = f"chunk {number}/{len(work)} ({len(chunk)} items)"
-            results = fit_chunk(plan, chunk, writer, progress, label)
+            try:
+                results = fit_chunk(plan, chunk, writer, progress, label)
+            except NonFiniteReconstruction as error:
+                bad = {_hashable(key) for key in error.keys}
+                failed += [item.label for item in chunk if _hashable(item.key) in bad]
+                results = {item.label: writer.metrics(*_writer_key(item)) or {} for item in chunk
+                           if _hashable(item.key) not in bad} if main_process else {}
+                if main_process:
+                    console.print(f"[red]  {error}[/red]")
             done_now.update(results)
             if main_process:
                 for name, entry in results.items():
                     metric = (f"PSNR {entry['psnr']:.2f} dB, SSIM {entry['ssim']:.3f}" if "psnr" in entry
                               else "no ground truth")
-                    console.print(f"  done {name}: {metric} ({entry['seconds']:.1f} s)")
+                    console.print(f"  done {name}: {metric} ({entry.get('seconds', 0.0):.1f} s)")
                 if progress is not None:
                     progress.update(overall, advance=len(chunk))
-    summary = summarize(plan, done_now)
+    summary = summarize(plan, done_now, failed, writer)
     if main_process:
         write_json(plan.out / SUMMARY, summary)
         console.print(summary_table(summary))
+        if failed:
+            console.print(f"[red]not reconstructed (not finite): {', '.join(failed)}; run the same command again to "
+                          f"fit them again[/red]")
     return summary
 
 
@@ -415,24 +398,38 @@ def _describe_source(plan: Plan) -> str:
     return folders[0] if len(folders) == 1 else f"{len(folders)} folders"
 
 
-def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    """Every item with its status and metrics (from this run or an earlier one)."""
+def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[str], writer) -> Dict[str, Any]:
+    """Every item with its status and the metrics stored with it (from this run or an earlier one), and for
+    MRI every volume's metrics in fastMRI's convention."""
     rows = []
     for item in plan.items:
-        entry = dict(done_now.get(item.label) or _read_metrics(plan.out, item))
+        entry = dict(done_now.get(item.label) or writer.metrics(*_writer_key(item)) or {})
         entry["name"] = item.label
-        entry["status"] = "reconstructed" if item.label in done_now else "already written"
+        entry["status"] = ("failed (not finite)" if item.label in failed else
+                           "reconstructed" if item.label in done_now else
+                           "already written" if writer.is_done(*_writer_key(item)) else "not written")
         rows.append(entry)
     psnrs = [r["psnr"] for r in rows if "psnr" in r]
     ssims = [r["ssim"] for r in rows if "ssim" in r]
+    volumes = {}
+    if plan.kind == "mri":
+        for name in sorted({item.path.name for item in plan.items}):
+            values = writer.volume_metrics(name)
+            if values is not None:
+                volumes[name] = {k: round(v, 4) for k, v in values.items()}
     return {
         "data": _describe_source(plan),
         "weights": str(plan.weights),
         "out": str(plan.out),
         "steps": plan.steps,
         "items": rows,
+        "failed": list(failed),
         "mean_psnr": round(sum(psnrs) / len(psnrs), 4) if psnrs else None,
         "mean_ssim": round(sum(ssims) / len(ssims), 4) if ssims else None,
+        "volumes": volumes,
+        "metrics": ("per item: PSNR / SSIM (/ NMSE) of each slice against its target with the slice's own maximum as "
+                    "data range (mean_psnr, mean_ssim: their means); per volume: fastMRI's evaluate, the volume's "
+                    "maximum as data range, PSNR over the whole volume"),
     }
 
 
@@ -448,9 +445,14 @@ def summary_table(summary: Dict[str, Any]):
         table.add_row(row["name"], row["status"], f"{row['psnr']:.2f}" if "psnr" in row else "-",
                       f"{row['ssim']:.3f}" if "ssim" in row else "-",
                       f"{row['seconds']:.1f}" if "seconds" in row else "-")
+    captions = []
     if summary["mean_psnr"] is not None:
-        table.caption = (f"mean PSNR {summary['mean_psnr']:.2f} dB, mean SSIM {summary['mean_ssim']:.3f} "
-                         f"(items with ground truth)")
+        captions.append(f"mean of the slices: PSNR {summary['mean_psnr']:.2f} dB, SSIM {summary['mean_ssim']:.3f} "
+                        f"(each slice's maximum as data range)")
+    for name, values in summary.get("volumes", {}).items():
+        captions.append(f"volume {name}: PSNR {values['psnr']:.2f} dB, SSIM {values['ssim']:.3f} (fastMRI: the "
+                        f"volume maximum as data range)")
+    table.caption = "\n".join(captions) or None
     return table
 
 
@@ -490,8 +492,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``ugodit reconstruct ...``; returns the exit code."""
+    """``ugodit reconstruct ...``; returns the exit code (1 when some item could not be reconstructed)."""
     args = parse_args(argv)
     plan = make_plan(args)
-    run(plan, show_progress=not args.quiet)
-    return 0
+    summary = run(plan, show_progress=not args.quiet)
+    return 1 if summary["failed"] else 0

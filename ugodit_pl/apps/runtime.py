@@ -20,6 +20,8 @@ _NOISE = (
     r".*Your `IterableDataset` has `__len__` defined.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*(litlogger|GPU available|TPU available).*",
+    r"(?s).*`tensorboardX` has been removed as a dependency.*",
+    r".*`max_epochs` was not set.*",  # max_steps -1: the methods refuse it themselves
     r"(?s).*was deprecated in v4\.\d+.*",  # jsonargparse deprecations inside LightningCLI, not ours
     r"(?s).*only one JsonargparseDeprecationWarning per type is shown.*",
     r"(?s).*skip_none parameter was deprecated.*",

@@ -15,7 +15,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from ugodit_pl.methods.base import ReconstructionMethod, Step
-from ugodit_pl.methods.inputs import INPUT_UPDATES, check_choice, updated_input
+from ugodit_pl.methods.arguments import check_choice, non_negative, whole
+from ugodit_pl.methods.inputs import INPUT_UPDATES, updated_input
 from ugodit_pl.methods.networks import per_measurement_networks
 
 
@@ -53,14 +54,8 @@ class SequentialInputObjective(ReconstructionMethod):
         if kwargs.get("lr") is None and "lr" in defaults:
             kwargs["lr"] = defaults["lr"]
         super().__init__(**kwargs)
-        if lam is None:
-            lam = defaults.get("lam", 2.0)
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        if int(update_every) < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
-        self.lam = float(lam)
-        self.update_every = int(update_every)
+        self.lam = non_negative("lam", defaults.get("lam", 2.0) if lam is None else lam)
+        self.update_every = whole("update_every", update_every, minimum=1)
         self.input_update = check_choice("input_update", input_update, INPUT_UPDATES)
 
     @property
@@ -103,7 +98,7 @@ class ASeqDIP(SequentialInputObjective):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.nets = per_measurement_networks(
-            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual
         )
         self.save_hyperparameters()
 

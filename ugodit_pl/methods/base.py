@@ -32,20 +32,27 @@ Usage (any subclass)::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from ugodit_pl.methods.inputs import INPUT_INITS, check_choice, initial_input
+from ugodit_pl.methods.arguments import check_choice, fraction, positive, whole
+from ugodit_pl.methods.inputs import INPUT_INITS, initial_input
 from ugodit_pl.methods.losses import check_loss_norm, residual_norm
 from ugodit_pl.methods.networks import NETWORK_INITS
 from ugodit_pl.methods.optim import adam, check_optimizer_args
 from ugodit_pl.methods.scaling import apply_scale, measurement_scale, undo_scale
 from ugodit_pl.methods.state import FitState
 from ugodit_pl.operators.base import Operator
+
+# The methods define validation_step for ``ugodit validate`` (metrics of a finished fit); a fit has no
+# validation set, so Lightning's warning about the missing val_dataloader is noise the library causes.
+warnings.filterwarnings("ignore", message=r".*You defined a `validation_step` but have no `val_dataloader`.*")
 
 OUTPUTS = ("ema", "last")
 EMA_VARIANTS = ("corrected", "authors")
@@ -80,6 +87,17 @@ def training_batch(trainer: pl.Trainer) -> Mapping[str, Any]:
         return next(iter(loader))
     except StopIteration:
         raise ValueError("the training dataloader is empty: it must serve the measurements to fit") from None
+
+
+def measurement_fingerprints(y: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """(num_rows,) float64: sum |y_i| of each row's measurement (rows not in ``rows`` are 0).
+
+    The fit checks every step that a row's measurement is the one it was set up with.
+    """
+    sums = y.detach().abs().to(torch.float64).reshape(len(rows), -1).sum(dim=1)
+    out = torch.zeros(num_rows, dtype=torch.float64, device=y.device)
+    out[rows.to(y.device)] = sums
+    return out
 
 
 @dataclass
@@ -118,6 +136,11 @@ class ReconstructionMethod(pl.LightningModule):
         normalize: divide each measurement by its scale (DESIGN.md "Scale") and undo it on the
             outputs; None = only for complex (MRI) measurements.
         normalize_percentile: the percentile of |A^H y| that the scale maps to 1.
+        residual: the network predicts a correction of its input, f(z) = z + g(z), with g's output
+            layer starting at zero, so the fit starts from z (A^H y: every measured frequency is in the
+            output from the first step, where a plain network first has to learn them). Needs an image
+            input (not ``input_init="noise"``) and a network whose output is not squashed (the skip
+            net's ``need_sigmoid=False``).
         input_init: how the input starts (see ``ugodit_pl.methods.inputs``).
         input_channels: channels of a noise input (default: the network's ``in_channels``).
         seed: seed of every random choice of the method (initialisation, noise).
@@ -141,38 +164,42 @@ class ReconstructionMethod(pl.LightningModule):
         ema_variant: str = "corrected",
         normalize: Optional[bool] = None,
         normalize_percentile: float = 99.0,
+        residual: bool = False,
         input_init: str = "measurement",
         input_channels: Optional[int] = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if int(num_measurements) < 1:
-            raise ValueError(f"num_measurements must be >= 1, got {num_measurements}")
         check_loss_norm(loss_norm)
         check_choice("output", output, OUTPUTS)
         check_choice("input_init", input_init, INPUT_INITS)
         check_choice("ema_variant", ema_variant, EMA_VARIANTS)
         check_choice("network_init", network_init, NETWORK_INITS)
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        self.num_measurements = int(num_measurements)
+        self.num_measurements = whole("num_measurements", num_measurements, minimum=1)
         self.network_name = network.lower()
         self.network_args = dict(network_args or {})
         self.network_init = network_init
-        self.lr = float(lr) if lr is not None else DEFAULT_LR.get(self.network_name, 1e-3)
+        self.lr = positive("lr", lr) if lr is not None else DEFAULT_LR.get(self.network_name, 1e-3)
         self.optimizer_args = check_optimizer_args(optimizer_args)
         self.loss_norm = loss_norm
         self.output = output
-        self.ema_decay = float(ema_decay)
+        self.ema_decay = fraction("ema_decay", ema_decay, 0.0, 1.0)
         self.ema_variant = ema_variant
         self.normalize = normalize
-        self.normalize_percentile = float(normalize_percentile)
+        self.normalize_percentile = positive("normalize_percentile", normalize_percentile)
+        if self.normalize_percentile > 100:
+            raise ValueError(f"normalize_percentile must be in (0, 100], got {normalize_percentile!r}")
         self.input_init = input_init
-        self.input_channels = input_channels
-        self.seed = int(seed)
+        self.residual = bool(residual)
+        if self.residual and input_init == "noise":
+            raise ValueError("residual=True adds the network's input to its output: it needs an image input, not "
+                             "input_init='noise'")
+        if self.residual and self.network_name == "skip" and self.network_args.get("need_sigmoid", True):
+            raise ValueError("residual=True needs an output that is not squashed: give the skip net "
+                             "network_args need_sigmoid=False")
+        self.input_channels = None if input_channels is None else whole("input_channels", input_channels, minimum=1)
+        self.seed = whole("seed", seed, minimum=0)
         self.fit_state = FitState(trainable_inputs=self.optimises_inputs)
-        self.current_output: Optional[torch.Tensor] = None
-        self.ema_output: Optional[torch.Tensor] = None
         self.final_output: Optional[torch.Tensor] = None
         self.last_index: Optional[torch.Tensor] = None
         self._complex_data = False
@@ -196,8 +223,10 @@ class ReconstructionMethod(pl.LightningModule):
         return int(self.network_args.get("in_channels", 2 if self.network_name == "unet" else 3))
 
     def forward_rows(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """f(z) in the precision of the fitting state (mixed-precision networks return half floats)."""
-        return self.network_output(z, rows).to(self.fit_state.ema.dtype)
+        """f(z) in the precision of the fitting state (mixed-precision networks return half floats);
+        z + g(z) for a ``residual`` method."""
+        output = self.network_output(z, rows).to(self.fit_state.ema.dtype)
+        return z + output if self.residual else output
 
     def data_term(self, output: torch.Tensor, step: Step) -> torch.Tensor:
         """||A f - y|| per measurement, in the chosen norm."""
@@ -211,6 +240,12 @@ class ReconstructionMethod(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Size the fitting state from the measurements before the optimiser is built (fit only)."""
         if stage == "fit":
+            steps = self.trainer.max_steps
+            if steps is None or steps < 1:
+                raise ValueError(
+                    f"{type(self).__name__}: the Trainer's max_steps must be a positive number of optimiser steps "
+                    f"(a fit of an untrained network is as long as its max_steps), got {steps}"
+                )
             self.prepare(training_batch(self.trainer))
 
     def _should_normalize(self, y: torch.Tensor) -> bool:
@@ -248,7 +283,9 @@ class ReconstructionMethod(pl.LightningModule):
             reference = apply_scale(reference, scale)
         z = initial_input(self.input_init, operator, y, channels=self.input_channel_count, seed=self.seed,
                           rows=rows.tolist(), reference=reference)
+        self._check_network_input(z, batch)
         state = self.fit_state
+        state.fingerprints = measurement_fingerprints(raw_y, rows, self.num_measurements)
         if state.fits(self.num_measurements, z.shape[1:], start.shape[1:]):
             return
         state.allocate(self.num_measurements, z.shape[1:], start.shape[1:], dtype=self.dtype, device=device)
@@ -258,6 +295,32 @@ class ReconstructionMethod(pl.LightningModule):
         names = batch.get("name") or [None] * len(rows)
         for row, name in zip(rows.tolist(), names):
             state.names[row] = name
+
+    @property
+    def network_encoder(self) -> nn.Module:
+        """The encoder of the method's network (UGoDIT's shared one, or the per-measurement networks')."""
+        encoder = getattr(self, "encoder", None)
+        return encoder if isinstance(encoder, nn.Module) else self.nets.template.encoder
+
+    def _check_network_input(self, z: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        """The network takes z: its channels and, for its depth, its size (an error naming the measurements)."""
+        encoder = self.network_encoder
+        names = ", ".join(str(n) for n in (batch.get("name") or ["the measurements"]))
+        first = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+        if z.shape[1] != first.in_channels:
+            raise ValueError(
+                f"{names}: the network input has {z.shape[1]} channels but this {self.network_name} takes "
+                f"{first.in_channels} (MRI images are 2 channels, real and imaginary; RGB images 3)"
+            )
+        height, width = z.shape[-2:]
+        if min(height, width) < encoder.minimum_size or height % encoder.size_multiple or width % encoder.size_multiple:
+            rule = f"at least {encoder.minimum_size} x {encoder.minimum_size}"
+            if encoder.size_multiple > 1:
+                rule += f" and multiples of {encoder.size_multiple}"
+            raise ValueError(
+                f"{names}: the image is {height} x {width} pixels but this {self.network_name} (its depth) needs {rule}; "
+                f"use a larger image (crop_size, size) or a network with fewer levels"
+            )
 
     def _claim_rows(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         """This process's rows as a mask; every row of the set must be fitted by exactly one process."""
@@ -299,6 +362,13 @@ class ReconstructionMethod(pl.LightningModule):
                 f"rows {row_list}: every training batch of a process must carry the same measurements (its shard)"
             )
         y = batch["y"]
+        changed = ~torch.isclose(measurement_fingerprints(y, rows, self.num_measurements)[rows],
+                                 self.fit_state.fingerprints.to(y.device)[rows], rtol=1e-5, atol=0)
+        if bool(changed.any()):
+            raise ValueError(
+                f"the measurements of rows {rows[changed].tolist()} differ from those the fit was set up with: a loader "
+                f"must serve the same measurement under the same index at every step"
+            )
         if self._should_normalize(y):
             y = apply_scale(y, self.fit_state.scales[rows].float())  # y keeps its own precision
         counts = self.fit_state.steps[row_list].tolist()
@@ -337,9 +407,6 @@ class ReconstructionMethod(pl.LightningModule):
             state.write("ema_count", rows, state.ema_count[rows] + 1)
         state.write("last", rows, output)
         state.share("ema", "last", "ema_count")
-        scale = state.scales[rows]
-        self.current_output = undo_scale(output, scale)
-        self.ema_output = undo_scale(state.ema[rows], scale)
         self.last_index = rows
 
     def _ema_past_weight(self, count: torch.Tensor) -> torch.Tensor:
@@ -366,8 +433,13 @@ class ReconstructionMethod(pl.LightningModule):
         if not isinstance(batch["operator"], Operator):
             raise TypeError(f"batch['operator'] must be a ugodit_pl Operator, got {type(batch['operator']).__name__}")
         index = self._index_of(batch)
-        if len(index) != batch["y"].shape[0]:
-            raise ValueError(f"batch has {batch['y'].shape[0]} measurements but {len(index)} indices")
+        y = batch["y"]
+        if len(index) != y.shape[0] or ("index" not in batch and len(index) > self.num_measurements):
+            raise ValueError(
+                f"batch['y'] has shape {tuple(y.shape)}: its first dimension is read as {y.shape[0]} measurements "
+                f"({len(index)} indices, num_measurements={self.num_measurements}); measurements need a batch "
+                f"dimension: (B, coils, H, W) k-space or (B, C, h, w) images (y[None] for one)"
+            )
         if int(index.max()) >= self.num_measurements or int(index.min()) < 0:
             raise ValueError(
                 f"batch index {index.tolist()} is outside the {self.num_measurements} measurements this "
@@ -383,6 +455,27 @@ class ReconstructionMethod(pl.LightningModule):
         return torch.as_tensor(index, dtype=torch.long).to(self.device).flatten()
 
     # ----------------------------------------------------------------- results
+    def _rows_in_units(self, name: str, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows of the state's ``ema`` or ``last`` in the measurement's units; NaN where a row has none yet.
+
+        Read from the state, so after a ``DivergenceRollback`` restore they are the restored ones.
+        """
+        state = self.fit_state
+        rows = torch.arange(state.num_rows, device=state.ema.device) if rows is None else rows
+        count = (state.ema_count if name == "ema" else state.steps.to(state.ema.device))[rows]
+        values = undo_scale(getattr(state, name)[rows], state.scales[rows])
+        return torch.where((count > 0).view(-1, *([1] * (values.ndim - 1))), values, torch.full_like(values, float("nan")))
+
+    @property
+    def current_output(self) -> Optional[torch.Tensor]:
+        """The last output of the last batch's rows (B, C, H, W), in measurement units (None before a step)."""
+        return None if self.last_index is None else self._rows_in_units("last", self.last_index)
+
+    @property
+    def ema_output(self) -> Optional[torch.Tensor]:
+        """The EMA of the outputs of the last batch's rows, in measurement units (None before a step)."""
+        return None if self.last_index is None else self._rows_in_units("ema", self.last_index)
+
     @property
     def reconstruction(self) -> Optional[torch.Tensor]:
         """The reconstruction of the last batch's measurements, in measurement units.
@@ -398,12 +491,12 @@ class ReconstructionMethod(pl.LightningModule):
         """Reconstructions of all N measurements, (N, C, H, W), in measurement units.
 
         The EMA or the last outputs per ``output``, with the rows of the last batch replaced by
-        ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``).
+        ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``). A row that has no output
+        yet (or was rolled back to before its first step) is NaN, which no writer writes.
         """
-        state = self.fit_state
-        if not state.allocated or int(state.steps.sum()) == 0:
+        if not self.fit_state.allocated:
             raise RuntimeError("nothing has been fitted yet: run trainer.fit first")
-        rows = undo_scale(state.ema if self.output == "ema" else state.last, state.scales)
+        rows = self._rows_in_units("ema" if self.output == "ema" else "last")
         if self.final_output is not None and self.last_index is not None:
             rows = rows.clone()
             rows[self.last_index] = self.final_output.to(rows.dtype)

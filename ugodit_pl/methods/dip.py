@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ugodit_pl.methods.arguments import non_negative
 from ugodit_pl.methods.base import ReconstructionMethod
 from ugodit_pl.methods.draws import PERTURBATION, row_random
 from ugodit_pl.methods.networks import per_measurement_networks
@@ -37,11 +38,9 @@ class DIP(ReconstructionMethod):
 
     def __init__(self, *, input_perturbation: float = 1.0 / 30.0, input_init: str = "noise", **kwargs: Any) -> None:
         super().__init__(input_init=input_init, **kwargs)
-        if input_perturbation < 0:
-            raise ValueError(f"input_perturbation must be >= 0, got {input_perturbation}")
-        self.input_perturbation = float(input_perturbation)
+        self.input_perturbation = non_negative("input_perturbation", input_perturbation)
         self.nets = per_measurement_networks(
-            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual
         )
         self.save_hyperparameters()
 

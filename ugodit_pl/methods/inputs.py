@@ -25,18 +25,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from ugodit_pl.methods.arguments import check_choice
 from ugodit_pl.methods.draws import NOISE_INPUT, row_random
 from ugodit_pl.operators.base import Operator
 
 INPUT_INITS = ("measurement", "noise", "reference")
 INPUT_UPDATES = ("sequential", "data_consistent")
-
-
-def check_choice(name: str, value: str, choices: tuple) -> str:
-    """Validate a string argument against its choices, naming the argument."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def initial_input(

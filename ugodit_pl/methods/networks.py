@@ -15,29 +15,31 @@ from typing import Any, Dict
 
 from torch import nn
 
-from ugodit_pl.nets import ModuleStack, build_network, reinit_decoder_
+from ugodit_pl.nets import ModuleStack, build_network, reinit_decoder_, zero_output_layer_
 from ugodit_pl.nets.init import seeded
 
 NETWORK_INITS = ("default", "normal")
 
 
-def seeded_network(name: str, args: Dict[str, Any], seed: int, network_init: str = "default") -> nn.Module:
-    """``build_network(name, **args)`` with its initial weights drawn from ``seed`` (see ``network_init``)."""
+def seeded_network(name: str, args: Dict[str, Any], seed: int, network_init: str = "default",
+                   residual: bool = False) -> nn.Module:
+    """``build_network(name, **args)`` with its initial weights drawn from ``seed`` (see ``network_init``);
+    with ``residual`` its output layer starts at zero (f(z) = z + g(z) starts as the identity)."""
     if network_init not in NETWORK_INITS:
         raise ValueError(f"network_init must be one of {NETWORK_INITS}, got {network_init!r}")
     with seeded(seed):
         net = build_network(name, **args)
     if network_init == "normal":
         reinit_decoder_(net, seed)
-    return net
+    return zero_output_layer_(net) if residual else net
 
 
 def per_measurement_networks(
-    name: str, args: Dict[str, Any], num: int, seed: int, network_init: str = "default"
+    name: str, args: Dict[str, Any], num: int, seed: int, network_init: str = "default", residual: bool = False
 ) -> ModuleStack:
     """``num`` independent copies of one seeded network, evaluated in one batched pass.
 
     Every copy starts from the same weights, so a measurement fitted in a batch of B gets the
     result it gets when fitted alone with the same seed.
     """
-    return ModuleStack(seeded_network(name, args, seed, network_init), num)
+    return ModuleStack(seeded_network(name, args, seed, network_init, residual), num)

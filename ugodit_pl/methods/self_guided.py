@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
+from ugodit_pl.methods.arguments import non_negative, positive, whole
 from ugodit_pl.methods.base import ReconstructionMethod, Step
 from ugodit_pl.methods.draws import SELF_GUIDANCE, row_random
 from ugodit_pl.methods.networks import per_measurement_networks
@@ -64,20 +65,12 @@ class SelfGuidedDIP(ReconstructionMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(input_init=input_init, **kwargs)
-        if input_lr is None:
-            input_lr = DEFAULT_INPUT_LR.get(self.network_name, 0.01)
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if int(num_draws) < 1:
-            raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-        if noise_std < 0 or not input_lr > 0:
-            raise ValueError(f"noise_std must be >= 0 and input_lr > 0, got {noise_std} and {input_lr}")
-        self.alpha = float(alpha)
-        self.num_draws = int(num_draws)
-        self.noise_std = float(noise_std)
-        self.input_lr = float(input_lr)
+        self.alpha = non_negative("alpha", alpha)
+        self.num_draws = whole("num_draws", num_draws, minimum=1)
+        self.noise_std = non_negative("noise_std", noise_std)
+        self.input_lr = positive("input_lr", DEFAULT_INPUT_LR.get(self.network_name, 0.01) if input_lr is None else input_lr)
         self.nets = per_measurement_networks(
-            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual
         )
         self.save_hyperparameters()
 

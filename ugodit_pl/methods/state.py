@@ -60,6 +60,7 @@ class FitState(nn.Module):
         self.steps = torch.zeros(0, dtype=torch.long)
         self.names: List[Optional[str]] = []
         self.owned: Optional[torch.Tensor] = None  # rows this process fits (set by the method), CPU bool
+        self.fingerprints = torch.zeros(0, dtype=torch.float64)  # sum |y| per row, to notice a changed measurement
 
     # ----------------------------------------------------------------- sizing
     @property

@@ -70,14 +70,48 @@ def load_transferable_weights(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"transferable weights file {str(path)!r} does not exist (run UGoDIT pre-training first)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is empty, not a transferable-weights file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt files
-        raise ValueError(f"{str(path)!r} is not a readable transferable-weights file: {error}") from error
+    except Exception as error:  # torch raises several types; its text stays in the cause (``--debug``)
+        raise ValueError(f"{str(path)!r} is not a transferable-weights file: it could not be read as one, and "
+                         f"nothing in it was executed (weights_only loading)") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a ugodit-pl transferable-weights file (no {FORMAT!r} marker)")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(
             f"{str(path)!r} has format version {payload['format_version']}; this ugodit-pl reads up to {FORMAT_VERSION}"
         )
+    broken = [key for key, value in payload.get("encoder", {}).items()
+              if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise ValueError(f"{str(path)!r}: the encoder holds NaN/Inf weights ({', '.join(broken[:3])}): it comes from a "
+                         f"pre-training that diverged; pre-train again or take earlier weights")
     return payload
+
+
+MRI_OPERATORS = ("MultiCoilMRI", "SingleCoilMRI")
+
+
+def check_weights_task(payload: Dict[str, Any], mri: bool) -> None:
+    """Refuse weights pre-trained for another kind of data (MRI or natural images).
+
+    The weights record the operator class of their pre-training and the network's input channels
+    (2 = real/imaginary for MRI, 3 = RGB for images).
+
+    >>> check_weights_task({"metadata": {"operator": "SuperResolution"}, "network_args": {}, "encoder": {}}, mri=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: the weights were pre-trained on SuperResolution measurements, but these are MRI; use transferable weights pre-trained for this task
+    """
+    data = "MRI" if mri else "natural images"
+    operator = (payload.get("metadata") or {}).get("operator")
+    if operator and (operator in MRI_OPERATORS) != mri:
+        raise ValueError(f"the weights were pre-trained on {operator} measurements, but these are {data}; use "
+                         f"transferable weights pre-trained for this task")
+    channels = (payload.get("network_args") or {}).get("in_channels")
+    expected = 2 if mri else 3
+    if channels is not None and int(channels) != expected:
+        raise ValueError(f"the weights hold a {payload.get('network')} encoder with {channels} input channels, but "
+                         f"{data} need {expected}")

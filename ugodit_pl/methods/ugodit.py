@@ -23,10 +23,11 @@ import torch
 
 from ugodit_pl.methods.aseqdip import SequentialInputObjective
 from ugodit_pl.methods.base import world_size
-from ugodit_pl.methods.inputs import check_choice
+from ugodit_pl.methods.arguments import check_choice
 from ugodit_pl.methods.networks import seeded_network
-from ugodit_pl.methods.transferable import load_transferable_weights, save_transferable_weights
-from ugodit_pl.nets import ModuleStack, PerSampleBatchNorm2d, build_network, reinit_decoder_
+from ugodit_pl.methods.transferable import check_weights_task, load_transferable_weights, save_transferable_weights
+from ugodit_pl.operators.mri import MultiCoilMRI
+from ugodit_pl.nets import ModuleStack, PerSampleBatchNorm2d, build_network, reinit_decoder_, zero_output_layer_
 from ugodit_pl.state_dicts import load_state_strict
 
 ENCODER_BN_MODES = ("train", "eval")
@@ -68,6 +69,8 @@ class UGoDITPretrain(SequentialInputObjective):
         decoders = [net.make_decoder(seed=self.seed + 1 + i) for i in range(self.num_measurements)]
         if self.network_init == "normal":
             decoders = [reinit_decoder_(decoder, self.seed + 1 + i) for i, decoder in enumerate(decoders)]
+        if self.residual:
+            decoders = [zero_output_layer_(decoder) for decoder in decoders]
         self.decoders = ModuleStack.from_modules(decoders)
         self.operator_name: Optional[str] = None
         self.save_hyperparameters()
@@ -99,6 +102,7 @@ class UGoDITPretrain(SequentialInputObjective):
             "lr": self.lr,
             "encoder_norm": self.encoder_norm,
             "network_init": self.network_init,
+            "residual": self.residual,
             "normalize_percentile": self.normalize_percentile,
             "seed": self.seed,
         }
@@ -138,6 +142,7 @@ class UGoDITFit(SequentialInputObjective):
         network, network_args: optional; if given they must match the file's architecture.
         lr: decoder learning rate; None = ``SEQUENTIAL_DEFAULTS`` (1e-3 for the U-Net, chosen by the
             transfer study over the authors' 4e-4; 0.01 for the skip net).
+        residual: f(z) = z + g(z) (see ``ReconstructionMethod``); None = as the encoder was pre-trained.
         **kwargs: the arguments of ``SequentialInputObjective`` and ``ReconstructionMethod``.
 
     Example::
@@ -154,9 +159,12 @@ class UGoDITFit(SequentialInputObjective):
         network: Optional[str] = None,
         network_args: Optional[Dict[str, Any]] = None,
         lr: Optional[float] = None,
+        residual: Optional[bool] = None,
         **kwargs: Any,
     ) -> None:
         payload = load_transferable_weights(weights)
+        if residual is None:  # as the encoder was pre-trained
+            residual = bool((payload.get("metadata") or {}).get("residual", False))
         file_network, file_args = payload["network"], dict(payload["network_args"])
         if network is not None and network.lower() != file_network:
             raise ValueError(f"network={network!r} but the transferable weights {weights!r} hold a {file_network!r} encoder")
@@ -164,9 +172,8 @@ class UGoDITFit(SequentialInputObjective):
             raise ValueError(
                 f"network_args={dict(network_args)} differ from those of the transferable weights {weights!r}: {file_args}"
             )
-        if encoder_bn not in ENCODER_BN_MODES:
-            raise ValueError(f"encoder_bn must be one of {ENCODER_BN_MODES}, got {encoder_bn!r}")
-        super().__init__(network=file_network, network_args=file_args, lr=lr, **kwargs)
+        check_choice("encoder_bn", encoder_bn, ENCODER_BN_MODES)
+        super().__init__(network=file_network, network_args=file_args, lr=lr, residual=residual, **kwargs)
         self.weights = str(weights)
         self.encoder_bn = encoder_bn
         self.pretraining = dict(payload.get("metadata", {}))
@@ -180,9 +187,18 @@ class UGoDITFit(SequentialInputObjective):
                 if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                     layer.track_running_stats = False  # batch statistics, buffers left as loaded
         decoder = reinit_decoder_(net.decoder.to_empty(device="cpu"), self.seed)
-        self.decoders = ModuleStack(decoder, self.num_measurements)
+        self.decoders = ModuleStack(zero_output_layer_(decoder) if self.residual else decoder, self.num_measurements)
         self.save_hyperparameters()
         self.train(self.training)  # Lightning >= 2.2 keeps a module's modes at fit start: set them now
+
+    def prepare(self, batch: Mapping[str, Any]) -> None:
+        mri = isinstance(batch["operator"], MultiCoilMRI)
+        try:
+            check_weights_task({"metadata": self.pretraining, "network_args": self.network_args,
+                                "network": self.network_name}, mri=mri)
+        except ValueError as error:
+            raise ValueError(f"UGoDITFit: the transferable weights {self.weights!r}: {error}") from None
+        super().prepare(batch)
 
     def train(self, mode: bool = True) -> "UGoDITFit":
         super().train(mode)

@@ -17,10 +17,11 @@ _NAMES = {
     "PerSampleBatchNorm2d": ".norm",
     "ModuleStack": ".stack",
     "reinit_decoder_": ".init",
+    "zero_output_layer_": ".init",
     "build_network": ".registry",
 }
 if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
-    from .init import reinit_decoder_
+    from .init import reinit_decoder_, zero_output_layer_
     from .norm import PerSampleBatchNorm2d
     from .registry import build_network
     from .skip import SkipNet

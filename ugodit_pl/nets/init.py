@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-__all__ = ["reinit_decoder_", "seeded"]
+__all__ = ["reinit_decoder_", "seeded", "zero_output_layer_"]
 
 
 def _normal_(tensor: torch.Tensor, mean: float, std: float, generator: torch.Generator) -> None:
@@ -70,6 +70,28 @@ def reinit_decoder_(
                     _normal_(sub.weight, 1.0, std, generator)
                     sub.bias.zero_()
                 sub.reset_running_stats()
+    return module
+
+
+def zero_output_layer_(module: nn.Module) -> nn.Module:
+    """Zero the output convolution (``outc``) of a decoder, or of a network's ``.decoder``, in place.
+
+    A residual network f(z) = z + g(z) then starts as the identity: it returns its input until the
+    first steps have trained g (the methods' ``residual=True``).
+
+    >>> from ugodit_pl.nets import UNet
+    >>> net = zero_output_layer_(UNet(channels=(4, 8, 8)))
+    >>> float(net(torch.randn(1, 2, 16, 16)).abs().max())
+    0.0
+    """
+    decoder = getattr(module, "decoder", module)
+    output = getattr(decoder, "outc", None)
+    if not isinstance(output, _ConvNd):
+        raise TypeError(f"zero_output_layer_: {type(module).__name__} has no output convolution 'outc'")
+    with torch.no_grad():
+        output.weight.zero_()
+        if output.bias is not None:
+            output.bias.zero_()
     return module
 
 

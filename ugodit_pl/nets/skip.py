@@ -113,6 +113,8 @@ class SkipEncoder(nn.Module):
         super().__init__()
         down, _, skip = _check_args(channels_down, channels_down, channels_skip, pad, "bilinear")
         self.scales = len(down)
+        self.minimum_size = 2 ** (self.scales + 1)  # the deepest scale needs more than one value per channel
+        self.size_multiple = 2**self.scales
         self.has_skip = tuple(c > 0 for c in skip)
         current = in_channels
         for i in range(self.scales):

@@ -109,6 +109,8 @@ class UNetEncoder(nn.Module):
         for k in range(1, len(widths)):
             self.add_module(f"down{k}", _Down(widths[k - 1], widths[k], bias))
         self.levels = len(widths) - 1
+        self.minimum_size = 2 ** (self.levels + 1)  # the deepest level needs more than one value per channel
+        self.size_multiple = 1
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[Tensor, ...]]:
         need = 2**self.levels

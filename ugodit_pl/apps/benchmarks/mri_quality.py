@@ -55,6 +55,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
+from ugodit_pl.apps.benchmarks.panel import support_of
 from ugodit_pl.complex import magnitude as complex_magnitude
 
 __all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "test_problem", "pretraining_files"]
@@ -203,17 +204,6 @@ def pretraining_files(root: Path, folder: Path, preset: Dict[str, Any], seed: in
 
 
 # --------------------------------------------------------------------------- metrics
-def support_of(batch: Dict[str, Any]) -> torch.Tensor:
-    """(1, 1, H, W) float mask of the pixels the SENSE model sees: where the coil maps are not all zero.
-
-    ESPIRiT zeroes the maps outside the object (its eigenvalue ``crop``); there A ignores the image,
-    so a network's output is unconstrained. Every reconstruction (classical or network) is scored
-    after multiplication by this support, which is known without the ground truth.
-    """
-    maps = batch["operator"].coil_maps
-    return (maps.abs().pow(2).sum(dim=1, keepdim=True) > 0).float()[:1]
-
-
 def _metrics(recon: torch.Tensor, targets: Dict[str, torch.Tensor], support: torch.Tensor) -> Dict[str, Dict[str, float]]:
     """fastMRI-convention metrics of a (1, 2, H, W) or complex (1, H, W) reconstruction against each target.
 

@@ -1,0 +1,141 @@
+"""The panel of real MRI test problems that the quality benchmarks and the defaults are judged on.
+
+A problem is an anatomy, a k-space crop (the whole field of view at a lower resolution) and an
+undersampling; every problem is read through :class:`~ugodit_pl.datamodules.FastMRIDataModule`, coil
+maps estimated by ESPIRiT from the undersampled data, the RSS target (fastMRI).
+
+Anatomies (``ANATOMIES``):
+
+- ``brain``: the real, fully sampled 8-coil k-space of ../shared/data (``mri/espirit_brain_full.h5``,
+  a slice of a 3-D T1-weighted brain scan, 230 x 180);
+- ``head``: matplotlib's sample MRI (``s1045.ima.gz``, a sagittal T1-weighted head, 256 x 256),
+  simulated into 8-coil k-space (``write_simulated_mri``: birdcage maps, smooth random phase, complex
+  noise 0.011 of the maximum per coil, as the real brain shows);
+- ``epi``: slice 12 of nibabel's test volume (``example4d.nii.gz``, axial echo-planar brain images,
+  128 x 96), simulated the same way (needs nibabel: ``pip install ugodit-pl[bench]``; left out, and
+  said so, without it). Slices 4 and 20 of that volume are its neighbours for group pre-training.
+
+Undersampling (``UNDERSAMPLINGS``): ``4x`` = fastMRI's random columns with centre fraction 0.08;
+``8x`` = equispaced columns with a centre of at least 8 columns (ESPIRiT needs a calibration region:
+0.04 of 96 columns would leave 3, so the centre fraction is max(0.04, 8 / width)).
+
+>>> [p["name"] for p in PANELS["quick"]][:2]
+['brain 96x72 4x', 'brain 144x112 4x']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+BRAIN_FILE = "mri/espirit_brain_full.h5"
+PRETRAIN_BRAIN_FILE = "mri/sigpy_brain_poisson8x.h5"
+EPI_TEST_SLICE, EPI_NEIGHBOURS = 12, (4, 20)
+
+#: anatomy -> (what it is, native size)
+ANATOMIES: Dict[str, Tuple[str, Tuple[int, int]]] = {
+    "brain": ("real 8-coil k-space, T1 brain slice (../shared/data)", (230, 180)),
+    "head": ("matplotlib's s1045 T1 sagittal head, simulated 8 coils", (256, 256)),
+    "epi": ("nibabel's example4d EPI brain slice 12, simulated 8 coils", (128, 96)),
+}
+UNDERSAMPLINGS = {"4x": ("random", 4.0, 0.08), "8x": ("equispaced", 8.0, 0.04)}
+
+
+def problem(anatomy: str, crop: Optional[Sequence[int]], undersampling: str) -> Dict[str, Any]:
+    """A panel entry: ``{"name", "anatomy", "crop", "undersampling"}``.
+
+    >>> problem("head", (96, 96), "8x")["name"]
+    'head 96x96 8x'
+    """
+    if anatomy not in ANATOMIES or undersampling not in UNDERSAMPLINGS:
+        raise ValueError(f"unknown anatomy {anatomy!r} or undersampling {undersampling!r}")
+    size = tuple(crop) if crop else ANATOMIES[anatomy][1]
+    return {"name": f"{anatomy} {size[0]}x{size[1]} {undersampling}", "anatomy": anatomy,
+            "crop": None if crop is None else list(crop), "undersampling": undersampling}
+
+
+PANELS: Dict[str, List[Dict[str, Any]]] = {
+    "tiny": [problem("brain", (48, 40), "4x"), problem("head", (48, 48), "8x")],
+    "quick": [problem("brain", (96, 72), "4x"), problem("brain", (144, 112), "4x"), problem("head", (96, 96), "4x"),
+              problem("epi", (96, 72), "4x"), problem("brain", (96, 72), "8x"), problem("head", (96, 96), "8x")],
+    "full": [problem("brain", None, "4x"), problem("brain", (144, 112), "4x"), problem("head", None, "4x"),
+             problem("epi", None, "4x"), problem("brain", None, "8x"), problem("head", None, "8x"),
+             problem("epi", None, "8x")],
+}
+
+
+def anatomy_file(anatomy: str, root: Path, folder: Path) -> Path:
+    """The fastMRI-format file of ``anatomy`` (real, or simulated into ``folder`` on first use)."""
+    from ugodit_pl.datamodules.demo import real_mri_slices, write_simulated_mri
+
+    if anatomy == "brain":
+        return root / BRAIN_FILE
+    path = folder / f"{anatomy}.h5"
+    if not path.is_file():
+        if anatomy == "head":
+            slices, note = real_mri_slices("s1045"), "matplotlib sample_data s1045.ima.gz (real MRI)"
+        else:
+            volume = real_mri_slices("example4d")
+            slices = volume[[EPI_TEST_SLICE, *EPI_NEIGHBOURS]]
+            note = f"nibabel tests/data/example4d.nii.gz slices {EPI_TEST_SLICE}, {EPI_NEIGHBOURS} (real MRI)"
+        write_simulated_mri(path, slices, num_coils=8, seed=1, source=note, acquisition="SIMULATED_FROM_REAL_MRI")
+    return path
+
+
+def available(panel: Sequence[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """The problems whose data can be had here, and a note per problem left out."""
+    kept, notes = [], []
+    for entry in panel:
+        if entry["anatomy"] == "epi":
+            try:
+                import nibabel  # noqa: F401
+            except ImportError:
+                notes.append(f"{entry['name']}: left out, it needs nibabel (pip install ugodit-pl[bench])")
+                continue
+        kept.append(entry)
+    return kept, notes
+
+
+def center_fraction(entry: Dict[str, Any]) -> float:
+    """The fully sampled centre: the undersampling's, or at least 8 columns at 8x (for ESPIRiT)."""
+    kind, _, fraction = UNDERSAMPLINGS[entry["undersampling"]]
+    width = (entry["crop"] or ANATOMIES[entry["anatomy"]][1])[1]
+    return max(fraction, 8.0 / width) if kind == "equispaced" else fraction
+
+
+def datamodule(entry: Dict[str, Any], path: Path, *, role: str = "test", slices: Any = 0,
+               pretrain: Optional[List[Tuple[str, int]]] = None, cache: Optional[str] = None,
+               coil_map_args: Optional[Dict[str, Any]] = None, mask_seed: int = 0):
+    """The data module of a panel problem (the test slice, or with ``role="pretrain"`` the given
+    (file, slice) pairs of ``pretrain``, undersampled and cropped like the test)."""
+    from ugodit_pl.datamodules import FastMRIDataModule
+
+    kind, acceleration, _ = UNDERSAMPLINGS[entry["undersampling"]]
+    return FastMRIDataModule(
+        test_files=None, test_slices=[(str(path), slices)], pretrain_files=None,
+        pretrain_slices=pretrain if pretrain else "middle", role=role, mask=kind, acceleration=acceleration,
+        center_fraction=center_fraction(entry), mask_seed=mask_seed, coil_maps="espirit",
+        coil_map_cache_dir=cache if cache is not None else False, coil_map_args=dict(coil_map_args or {}),
+        target="rss", crop_size=entry["crop"],
+    )
+
+
+def test_batch(entry: Dict[str, Any], root: Path, folder: Path, cache: Optional[str] = None,
+               coil_map_args: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The test measurement of a panel problem as a batch (y, operator with ESPIRiT maps, RSS target)."""
+    dm = datamodule(entry, anatomy_file(entry["anatomy"], root, folder), cache=cache, coil_map_args=coil_map_args)
+    dm.setup("fit", rank=0, world_size=1)
+    return dm.batch
+
+
+def support_of(batch: Dict[str, Any]) -> torch.Tensor:
+    """(1, 1, H, W) float mask of the pixels the SENSE model sees: where the coil maps are not all zero.
+
+    ESPIRiT zeroes the maps outside the object (its eigenvalue ``crop``); there A ignores the image,
+    so a network's output is unconstrained. Every reconstruction (classical or network) is scored
+    after multiplication by this support, which is known without the ground truth.
+    """
+    maps = batch["operator"].coil_maps
+    return (maps.abs().pow(2).sum(dim=1, keepdim=True) > 0).float()[:1]
