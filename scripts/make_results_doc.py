@@ -32,18 +32,18 @@ DECISIONS = "decisions.md"
 ORDER = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study")
 
 MRI_ROWS = (
-    ("zero_filled_rss", "zero-filled (RSS of coil images)"),
-    ("zero_filled[estimated]", "zero-filled A^H y, estimated maps"),
-    ("zero_filled[oracle]", "zero-filled A^H y, oracle maps"),
-    ("sense[estimated]", "CG-SENSE, estimated maps"),
-    ("sense[oracle]", "CG-SENSE, oracle maps"),
-    ("l1_wavelet[estimated]", "L1-wavelet, estimated maps"),
-    ("l1_wavelet[oracle]", "L1-wavelet, oracle maps"),
+    ("zero_filled", "zero-filled A^H y"),
+    ("sense", "CG-SENSE"),
+    ("l1_wavelet", "L1-wavelet (default lambda)"),
+    ("l1_wavelet_tuned", "L1-wavelet, lambda tuned on the target (oracle)"),
     ("dip", "DIP (noise input)"),
+    ("dip_es", "DIP + ES-WMV"),
     ("reference_dip", "reference-guided DIP (input A^H y)"),
     ("self_guided_dip", "Self-Guided DIP"),
     ("aseqdip", "aSeqDIP"),
-    ("ugodit", "UGoDIT (pre-trained encoder, fit)"),
+    ("ugodit", "UGoDIT (pre-trained encoder)"),
+    ("ugodit_untrained", "UGoDIT fit, untrained encoder (control)"),
+    ("deepinv_dip", "deepinv DIP (ConvDecoder, peer)"),
 )
 SR_ROWS = (("bilinear", "bilinear up-sampling"), ("dip", "DIP"), ("self_guided_dip", "Self-Guided DIP"),
            ("aseqdip", "aSeqDIP"), ("ugodit", "UGoDIT"))
@@ -92,49 +92,46 @@ def images(doc: Dict[str, Any], results_dir: Path, out_file: Path) -> str:
 def mri_section(doc: Dict[str, Any]) -> str:
     result = doc["result"]
     s = result["settings"]
-    crop = s.get("crop")
-    parts = [
-        f"Real 8-coil brain slice (espirit_brain_full.h5), k-space cropped to {crop[0]}x{crop[1]}" if crop else
-        "Real 8-coil brain slice (espirit_brain_full.h5) at its full 230x180",
-        f"; U-Net channels {s['network_args'].get('channels')}, {s['steps']} steps for every network method "
-        f"(each with its documented defaults); UGoDIT pre-trained {s['pretrain_steps']} steps. PSNR/SSIM/NMSE in the "
-        f"fastMRI convention (data range = target max, 7x7 SSIM), of the support-masked magnitude, against the RSS "
-        f"target and the coil-combined target |S^H F^H k_full| (max-normalised).",
+    out = [
+        f"The real-MRI panel (`ugodit_pl/apps/benchmarks/panel.py`): estimated ESPIRiT maps, RSS target, U-Net "
+        f"channels {s['network_args'].get('channels')}, {s['steps']} steps for every network method, each at its "
+        f"documented defaults; UGoDIT pre-trained {s['pretrain_steps']} steps on other measurements. PSNR/SSIM/NMSE in "
+        f"the fastMRI convention (data range = target max, 7x7 SSIM) of the magnitude masked by the coil-map support "
+        f"(known without the ground truth). `head` and `epi` are real MRI images (matplotlib's s1045, nibabel's "
+        f"example4d) simulated into 8-coil k-space; `brain` is real 8-coil k-space. At 8x the centre keeps at least "
+        f"8 columns for ESPIRiT.",
     ]
-    out = ["".join(parts)]
-    for label, outcome in result["accelerations"].items():
-        p = outcome["problem"]
-        out.append(f"\n#### {label} (1-D random mask, centre fraction {p['center_fraction']}, sampled "
-                   f"{100 * p['sampled_fraction']:.1f}% of k-space, mask seed {p['mask_seed']})\n")
+    for note in result.get("notes", []):
+        out.append(f"\n- {note}")
+    for label, group in result.get("summary", {}).items():
+        out.append(f"\n#### {label}: mean over {len(group['problems'])} problems ({', '.join(group['problems'])})\n")
         rows = []
-        methods = outcome["methods"]
-        for key, label_text in MRI_ROWS:
-            e = methods.get(key)
+        for key, text in MRI_ROWS:
+            row = group["methods"].get(key)
+            if row is None:
+                continue
+            margins = [row.get(f"margin_{ref}") for ref in ("zero_filled", "l1_wavelet", "l1_wavelet_tuned")]
+            rows.append([text, row["mean_psnr"], row["mean_ssim"]]
+                        + [f"{m['mean']:+.2f} / {m['worst']:+.2f}" if m else "-" for m in margins]
+                        + [row.get("budget_change_worst")])
+        out.append(table(["method", "mean PSNR", "mean SSIM", "vs zero-filled (mean / worst)",
+                          "vs L1-wavelet (mean / worst)", "vs tuned L1 (mean / worst)",
+                          "worst PSNR(T) - PSNR(T/2)"], rows, 3))
+    for name, problem in result["problems"].items():
+        p = problem["problem"]
+        out.append(f"\n#### {name}: {p['what']}; {p['mask']}, centre fraction {p['center_fraction']:.3f}, sampled "
+                   f"{100 * p['sampled_fraction']:.1f}% of k-space\n")
+        rows = []
+        for key, text in MRI_ROWS:
+            e = problem["methods"].get(key)
             if e is None:
                 continue
-            r, c = e["metrics"]["rss"], e["metrics"]["coil_combined"]
-            rows.append([label_text, r["psnr"], r["ssim"], r["nmse"], c["psnr"], c["ssim"], e.get("steps"),
-                         e.get("seconds")])
-        out.append(table(["method", "PSNR rss", "SSIM rss", "NMSE rss", "PSNR cc", "SSIM cc", "steps", "seconds"],
-                         rows, 3))
-        levels = outcome.get("levels", {})
-        if levels:
-            out.append("\nSteps (EMA output, RSS target) to reach a PSNR level (- = not within the budget):\n")
-            names = list(levels)
-            rows = []
-            for key, label_text in MRI_ROWS:
-                e = methods.get(key)
-                if e is None or e.get("kind") != "network":
-                    continue
-                rows.append([label_text] + [e["steps_to_reach"]["rss"].get(n) for n in names])
-            out.append(table(["method"] + [f"{n} ({levels[n]['rss']:.2f} dB)" for n in names], rows))
-    pre = result.get("pretraining") or {}
-    for label, info in pre.items():
-        out.append(f"\nUGoDIT pre-training (used for {', '.join(info.get('used_for', [label]))}): M = {info['M']} "
-                   f"measurements {', '.join(info['measurements'])}; {info['steps']} steps, {info['seconds']:.0f} s.")
-    data = result.get("pretraining_data")
-    if data:
-        out.append(f"Pre-training data: {data['real']}; {data['simulated']}.")
+            m = e["metrics"]
+            rows.append([text, m["psnr"], m["ssim"], m["nmse"], e.get("steps"), e.get("seconds")])
+        out.append(table(["method", "PSNR", "SSIM", "NMSE", "steps", "seconds"], rows, 3))
+    for key, info in (result.get("pretraining") or {}).items():
+        out.append(f"\nUGoDIT pre-training {key}: M = {info['M']} ({info['group']}); {info['steps']} steps at "
+                   f"{info['crop'][0]}x{info['crop'][1]}, {info['seconds']:.0f} s.")
     return "\n".join(out)
 
 
@@ -247,23 +244,18 @@ def summary(docs: List[Any]) -> List[str]:
         suite, r = doc["suite"], doc["result"]
         where = f"[{path.name}, preset {doc['preset']}]"
         if suite == "mri-quality":
-            for label, outcome in r["accelerations"].items():
-                m = outcome["methods"]
-
-                def psnr(key: str) -> Optional[float]:
-                    return m[key]["metrics"]["rss"]["psnr"] if key in m else None
-
-                nets = {k: psnr(k) for k, e in m.items() if e["kind"] == "network"}
-                best = max(nets, key=nets.get) if nets else None
+            for label, group in r.get("summary", {}).items():
+                rows = group["methods"]
                 parts = []
-                if psnr("ugodit") is not None and psnr("aseqdip") is not None:
-                    parts.append(f"UGoDIT - aSeqDIP = {psnr('ugodit') - psnr('aseqdip'):+.2f} dB")
-                if best:
-                    parts.append(f"best network method {best} {nets[best]:.2f} dB")
-                for key in ("zero_filled[estimated]", "sense[estimated]", "l1_wavelet[estimated]"):
-                    if psnr(key) is not None:
-                        parts.append(f"{key} {psnr(key):.2f} dB")
-                lines.append(f"- MRI {label} (RSS target): " + "; ".join(parts) + f" {where}")
+                for key in ("aseqdip", "ugodit", "ugodit_untrained", "self_guided_dip", "dip"):
+                    margin = rows.get(key, {}).get("margin_l1_wavelet")
+                    if margin:
+                        parts.append(f"{key} {rows[key]['mean_psnr']:.2f} dB ({margin['mean']:+.2f}, worst "
+                                     f"{margin['worst']:+.2f} vs L1-wavelet)")
+                for key in ("zero_filled", "sense", "l1_wavelet"):
+                    if key in rows:
+                        parts.append(f"{key} {rows[key]['mean_psnr']:.2f} dB")
+                lines.append(f"- MRI panel {label}, mean of {len(group['problems'])}: " + "; ".join(parts) + f" {where}")
         elif suite == "sr-quality":
             m = r["methods"]
             if "ugodit" in m and "aseqdip" in m:

@@ -142,52 +142,72 @@ def test_pretrain_step_batched_and_looped_compute_the_same_loss():
     looped = []
     for i in range(3):
         decoder = method.decoders.module_at(i)
-        out = decoder(*method.encoder(z[i : i + 1]))
+        out = decoder(*method.encoder(z[i : i + 1])) + (z[i : i + 1] if method.residual else 0)
         op = problem["operator"].select([i])
-        looped.append(residual_norm(op(out) - y[i : i + 1], method.loss_norm) + method.lam * method.proximity_term(out, z[i : i + 1]))
+        data = residual_norm(op(out) - y[i : i + 1], method.loss_norm) * op.samples_per_pixel
+        looped.append(data + method.lam * method.proximity_term(out, z[i : i + 1]))
     assert torch.allclose(batched, torch.cat(looped).sum(), rtol=1e-4, atol=1e-6)
 
 
 def test_mri_quality_suite_tiny(tmp_path, shared_data):
+    from ugodit_pl.apps.benchmarks.mri_quality import deepinv_available
+
     document = _run("mri-quality", tmp_path, shared_data)
     result = document["result"]
-    outcome = result["accelerations"]["4x"]
-    methods = outcome["methods"]
-    expected = {"zero_filled_rss", "zero_filled[estimated]", "zero_filled[oracle]", "sense[estimated]", "sense[oracle]",
-                "l1_wavelet[estimated]", "l1_wavelet[oracle]", "dip", "reference_dip", "self_guided_dip", "aseqdip",
-                "ugodit"}
-    assert set(methods) == expected
-    for name, entry in methods.items():
-        for target in ("rss", "coil_combined"):
-            metrics = entry["metrics"][target]
-            assert set(metrics) == {"psnr", "ssim", "nmse", "psnr_unmasked"}
-            assert math.isfinite(metrics["psnr"]) and 0 < metrics["nmse"]
-    for name in ("dip", "aseqdip", "ugodit"):
-        assert methods[name]["steps"] == 4
-        _check_curve(methods[name]["curves"]["rss"]["ema"], 4)
-        assert set(methods[name]["steps_to_reach"]["rss"]) == set(outcome["levels"])
-    # the UGoDIT encoder was pre-trained on other measurements, never the test slice
-    pre = result["pretraining"]["4x"]
-    assert pre["M"] == 2 and not any("espirit_brain_full" in m for m in pre["measurements"])
-    assert any("sigpy_brain_poisson8x" in m for m in pre["measurements"])
-    assert outcome["problem"]["shape"] == [48, 40]
-    assert (tmp_path / "mri-quality_4x.png").is_file() and document["plots"] == ["mri-quality_4x.png"]
+    assert list(result["problems"]) == ["brain 48x40 4x", "head 64x64 8x"]
+    networks = {"dip", "dip_es", "reference_dip", "self_guided_dip", "aseqdip", "ugodit", "ugodit_untrained"}
+    if deepinv_available():
+        networks.add("deepinv_dip")
+    else:
+        assert any(note.startswith("deepinv_dip: skipped") for note in result["notes"])
+    for name, problem in result["problems"].items():
+        methods = problem["methods"]
+        assert set(methods) == {"zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned"} | networks
+        for entry in methods.values():
+            assert set(entry["metrics"]) == {"psnr", "ssim", "nmse", "psnr_unmasked"}
+            assert math.isfinite(entry["metrics"]["psnr"]) and entry["metrics"]["nmse"] > 0
+        for key in ("dip", "aseqdip", "ugodit", "self_guided_dip"):
+            assert methods[key]["steps"] == 4
+            _check_curve(methods[key]["curve"], 4)
+        # the default lambda (1e-3) is in the tiny grid: tuning can only help
+        assert methods["l1_wavelet_tuned"]["metrics"]["psnr"] >= methods["l1_wavelet"]["metrics"]["psnr"] - 1e-9
+        assert methods["l1_wavelet_tuned"]["oracle"] is True
+    assert result["problems"]["head 64x64 8x"]["problem"]["center_fraction"] == pytest.approx(8 / 64)
+    # UGoDIT's encoders were pre-trained on other measurements, never a test slice; the control had one step
+    pre = result["pretraining"]
+    assert set(pre) == {"4x", "4x untrained", "8x", "8x untrained"}
+    for info in pre.values():
+        assert not any("espirit_brain_full" in m or "head" in m for m in info["measurements"])
+        assert any("sigpy_brain_poisson8x" in m for m in info["measurements"]) and info["M"] == 3
+    assert pre["4x untrained"]["steps"] == 1 and pre["4x"]["steps"] == 3
+    # the summary's margins are differences of the table's PSNRs
+    brain = result["problems"]["brain 48x40 4x"]["methods"]
+    margin = result["summary"]["4x"]["methods"]["aseqdip"]["margin_zero_filled"]
+    assert margin["mean"] == pytest.approx(brain["aseqdip"]["metrics"]["psnr"] - brain["zero_filled"]["metrics"]["psnr"])
+    assert document["plots"] == ["mri-quality_brain_48x40_4x.png", "mri-quality_head_64x64_8x.png"]
+
+
+def test_mri_quality_two_worker_processes_give_the_one_process_results(tmp_path, shared_data):
+    subset = ["--set", 'problems=["brain 48x40 4x"]', "--set", 'methods=["aseqdip"]']
+    one = _run("mri-quality", tmp_path / "one", shared_data, *subset)
+    two = _run("mri-quality", tmp_path / "two", shared_data, *subset, "--set", "workers=2")
+    first, second = (d["result"]["problems"]["brain 48x40 4x"]["methods"]["aseqdip"] for d in (one, two))
+    assert first["metrics"] == second["metrics"] and first["curve"] == second["curve"]
 
 
 def test_mri_quality_zero_filled_matches_an_independent_computation(shared_data):
     """The zero-filled PSNR of the suite equals a direct computation from the file (same mask, maps, target)."""
     import h5py
 
-    from ugodit_pl.apps.benchmarks.mri_quality import PRESETS, _classical, _metrics, support_of, test_problem
+    from ugodit_pl.apps.benchmarks import panel
+    from ugodit_pl.apps.benchmarks.mri_quality import PRESETS, classical_results
     from ugodit_pl.complex import ifft2c
     from ugodit_pl.metrics import psnr
 
-    preset = PRESETS["tiny"]
-    problem = test_problem(shared_data, 4.0, 0.16, preset, cache=None)
-    batch = problem["batch"]
-    recon = _classical(batch, preset)["zero_filled"]()
-    support = support_of(batch)
-    ours = _metrics(recon[None], problem["targets"], support)["rss"]["psnr"]
+    batch = panel.test_batch(panel.named("brain 48x40 4x"), shared_data, shared_data, cache=None,
+                             coil_map_args=PRESETS["tiny"]["coil_map_args"])
+    support = panel.support_of(batch)
+    ours = classical_results(batch, support, PRESETS["tiny"])["zero_filled"]["metrics"]["psnr"]
     with h5py.File(shared_data / "mri" / "espirit_brain_full.h5", "r") as handle:
         kspace = torch.from_numpy(handle["kspace"][0])
     h, w = 48, 40
@@ -235,12 +255,12 @@ def test_transfer_study_tiny(tmp_path, shared_data):
     document = _run("transfer-study", tmp_path, shared_data)
     result = document["result"]
     labels = [v["label"] for v in result["variants"]]
-    assert labels == ["default", "encoder BatchNorm eval", "lambda = 0.5"]
+    assert labels == ["default", "encoder BatchNorm eval", "lambda = 4"]
     assert list(result["pretraining"]) == ["default"]  # one pre-training shared by the three variants
     for v in result["variants"]:
         assert v["advantage_db"] == pytest.approx(v["final_psnr"] - v["aseqdip"]["final_psnr"])
         _check_curve(v["curve"], 4)
-    assert result["variants"][2]["fit_kwargs"] == {"lam": 0.5}
+    assert result["variants"][2]["fit_kwargs"] == {"lam": 4.0}
     assert (tmp_path / "transfer-study.png").is_file()
 
     # the results document: the study's table and the hand-written decisions, included verbatim

@@ -41,8 +41,9 @@ MRI_METHODS = {
     "DIP": lambda: DIP(network="unet", network_args=TINY_UNET, lr=1e-2),
     "ReferenceGuidedDIP": lambda: ReferenceGuidedDIP(network="unet", network_args=TINY_UNET, lr=1e-2),
     "SelfGuidedDIP": lambda: SelfGuidedDIP(network="unet", network_args=TINY_UNET, lr=1e-2, num_draws=2, input_lr=1e-2),
-    "ASeqDIP": lambda: ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2, update_every=5),
-    "UGoDITPretrain": lambda: UGoDITPretrain(network="unet", network_args=TINY_UNET, lr=1e-2, update_every=5),
+    # the residual U-Net (f(z) = z + g(z), the default with an image input) overshoots at lr 1e-2 on this tiny problem
+    "ASeqDIP": lambda: ASeqDIP(network="unet", network_args=TINY_UNET, lr=3e-3, update_every=5),
+    "UGoDITPretrain": lambda: UGoDITPretrain(network="unet", network_args=TINY_UNET, lr=3e-3, update_every=5),
 }
 
 
@@ -77,8 +78,10 @@ def test_natural_image_methods_lower_data_consistency():
 def test_scale_normalisation_makes_fit_independent_of_kspace_units():
     batch = mri_batch(num=1, size=32)
     scaled = dict(batch, y=batch["y"] * 1e4)
-    a = fit(ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2), batch, 10)
-    b = fit(ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2), scaled, 10)
+    # at the default learning rate: at 1e-2 the tiny residual fit amplifies round-off (a factor 1 + 1e-6 moves it
+    # as much as 1e4 does), which is not what this test is about
+    a = fit(ASeqDIP(network="unet", network_args=TINY_UNET), batch, 10)
+    b = fit(ASeqDIP(network="unet", network_args=TINY_UNET), scaled, 10)
     torch.testing.assert_close(b.reconstruction, 1e4 * a.reconstruction, rtol=1e-3, atol=1e-3 * float(b.reconstruction.abs().max()))
 
 
@@ -92,14 +95,14 @@ def test_same_seed_same_result(make):
 
 def test_batched_fit_equals_separate_fits():
     batch = mri_batch(num=2, size=32)
-    together = fit(ASeqDIP(num_measurements=2, network="unet", network_args=TINY_UNET, lr=1e-2, update_every=3), batch, 7)
+    together = fit(ASeqDIP(num_measurements=2, network="unet", network_args=TINY_UNET, lr=3e-3, update_every=3), batch, 7)
     for row in range(2):
         single = {
             "y": batch["y"][row : row + 1],
             "operator": batch["operator"].select([row]),
             "index": torch.tensor([0]),
         }
-        alone = fit(ASeqDIP(network="unet", network_args=TINY_UNET, lr=1e-2, update_every=3), single, 7)
+        alone = fit(ASeqDIP(network="unet", network_args=TINY_UNET, lr=3e-3, update_every=3), single, 7)
         # batched (vmapped, grouped) and single convolutions round differently; Adam carries that along
         peak = float(alone.reconstruction.abs().max())
         torch.testing.assert_close(together.reconstruction[row : row + 1], alone.reconstruction, rtol=0, atol=2e-3 * peak)
@@ -108,7 +111,7 @@ def test_batched_fit_equals_separate_fits():
 def pretrain(tmp_path, steps=6, num=2):
     path = tmp_path / "encoder.pt"
     method = UGoDITPretrain(
-        num_measurements=num, network="unet", network_args=TINY_UNET, lr=1e-2, update_every=3, weights_path=str(path)
+        num_measurements=num, network="unet", network_args=TINY_UNET, lr=3e-3, update_every=3, weights_path=str(path)
     )
     fit(method, mri_batch(num=num, size=32, seed=1), steps)
     return method, path
@@ -123,7 +126,7 @@ def test_pretrain_save_fit_round_trip_keeps_encoder_frozen(tmp_path):
         torch.testing.assert_close(payload["encoder"][key], value)
 
     test = mri_batch(num=1, size=32, seed=7)
-    fitter = UGoDITFit(weights=str(path), lr=1e-2, update_every=3)
+    fitter = UGoDITFit(weights=str(path), lr=3e-3, update_every=3)
     before = {k: v.clone() for k, v in fitter.encoder.state_dict().items()}
     assert all(not p.requires_grad for p in fitter.encoder.parameters())
     optimised = {id(p) for group in fitter.configure_optimizers().param_groups for p in group["params"]}
@@ -328,7 +331,7 @@ def test_authors_ema_clips_natural_image_outputs():
     torch.testing.assert_close(recorder.emas[1], expected)
 
 
-@pytest.mark.parametrize("network, args, expected", [("unet", TINY_UNET, 0.1), ("skip", TINY_SKIP, 0.01)])
+@pytest.mark.parametrize("network, args, expected", [("unet", TINY_UNET, 1e-3), ("skip", TINY_SKIP, 0.01)])
 def test_self_guided_input_lr_defaults_per_network(network, args, expected):
     assert SelfGuidedDIP(network=network, network_args=args).input_lr == expected
     assert SelfGuidedDIP(network=network, network_args=args, input_lr=0.5).input_lr == 0.5

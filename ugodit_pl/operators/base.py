@@ -92,6 +92,15 @@ class Operator(nn.Module):
         """(B|1, 1, H, W) mask of the pixels the measurements see, or None when they see all of them."""
         return None
 
+    @property
+    def samples_per_pixel(self) -> int:
+        """How many measured values share one position (the coils of multi-coil MRI; 1 otherwise).
+
+        The methods' ``"mse"`` data term is multiplied by it: a sum over the coils and a mean over the
+        positions, so that its weight against the image-domain terms does not depend on the coil count.
+        """
+        return 1
+
     @classmethod
     def stack(cls, operators: Sequence["Operator"]) -> "Operator":
         """Concatenate per-sample operators of this class along the batch dimension."""

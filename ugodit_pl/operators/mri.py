@@ -96,6 +96,11 @@ class MultiCoilMRI(Operator):
         """A^H A x, (B, 2, H, W) -> (B, 2, H, W)."""
         return self.adjoint(self.forward(x))
 
+    @property
+    def samples_per_pixel(self) -> int:
+        """The number of coils: each k-space position is measured once per coil."""
+        return self.num_coils
+
     def image_support(self) -> torch.Tensor:
         """(B|1, 1, H, W): 1 where some coil map is non-zero (ESPIRiT zeroes the maps outside the object)."""
         return (self.coil_maps.abs().sum(dim=1, keepdim=True) > 0).to(torch.float32)

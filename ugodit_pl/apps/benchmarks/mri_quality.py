@@ -1,229 +1,103 @@
-"""The ``mri-quality`` suite: every method on the real 8-coil brain slice, at one step budget.
+"""The ``mri-quality`` suite: every method on the real-MRI panel, each at its defaults, at one step budget.
 
-Test measurement: ``mri/espirit_brain_full.h5`` of the real-data folder (fully sampled, 8 coils,
-230 x 180), read by :class:`~ugodit_pl.datamodules.FastMRIDataModule` with ``crop_size`` (the
-centre of k-space: the whole field of view at a lower resolution), retrospectively undersampled
-by a 1-D random column mask per acceleration (4x: centre fraction 0.08, 8x: 0.04; mask seed fixed,
-derived from ``mask_seed`` and the file name by the data module), coil maps by ESPIRiT from the
-undersampled data itself (``coil_maps="espirit"``).
+The panel (:mod:`ugodit_pl.apps.benchmarks.panel`): the real 8-coil brain k-space at two k-space
+crops, matplotlib's real head MRI and nibabel's real EPI brain slice simulated into 8-coil k-space;
+4x random and 8x equispaced undersampling; ESPIRiT maps from the undersampled data; RSS target.
 
-Methods:
+Methods, every network at the same number of optimiser steps with its documented defaults:
 
-- classical (``ugodit_pl.classical``): zero-filled (A^H y = S^H F^H y), the RSS of the zero-filled
-  coil images, CG-SENSE and L1-wavelet, each with the ESPIRiT maps estimated from the
-  measurement AND with oracle maps (ESPIRiT of the fully sampled k-space; not available in a real
-  scan, reported beside for comparison);
-- untrained networks, all with the same U-Net, the same number of optimiser steps and each with
-  its documented defaults (``ugodit_pl.methods``): DIP (noise input), reference-guided DIP
-  (input A^H y), Self-Guided DIP, aSeqDIP, and UGoDIT (test-time fit with the encoder pre-trained
-  on M OTHER measurements, never the test slice).
+- classical (``ugodit_pl.classical``, estimated maps): zero-filled A^H y, CG-SENSE, L1-wavelet at its
+  default lambda, and ``l1_wavelet_tuned``: L1-wavelet at the best lambda of ``l1_grid`` for that
+  problem, chosen against the ground truth (an oracle choice no real scan allows; the strongest
+  fair bar for compressed sensing);
+- ``dip`` (noise input) and ``dip_es`` (the same run's output kept by ``WMVEarlyStopping`` at its
+  defaults, or ``es_args``), ``reference_dip`` (input A^H y), ``self_guided_dip``, ``aseqdip``;
+- ``ugodit``: the test-time fit behind an encoder pre-trained on M *other* measurements (never the
+  test slice), and ``ugodit_untrained``: the same fit behind the encoder as initialised (one
+  pre-training step), the control that tells transfer from architecture;
+- ``deepinv_dip``: deepinv's ``DeepImagePrior`` with its ``ConvDecoder`` (64 channels, 7 layers,
+  lr 0.01) at the same steps, a peer baseline, when deepinv is installed (it is skipped, and the
+  result says so, when it is not; see README: deepinv pulls a torchvision build).
 
-UGoDIT's pre-training group (``pretrain="sigpy+demo"``): the real, really undersampled
-``mri/sigpy_brain_poisson8x.h5`` (a different brain scan, measured with its own 2-D Poisson mask)
-plus ``M - 1`` measurements simulated by :func:`~ugodit_pl.datamodules.make_mri_demo` from
-scikit-image's bundled photographs (8 birdcage coils, complex noise, written at the test file's
-230 x 180), all cropped and (the simulated ones) undersampled like the test measurement.
+UGoDIT's pre-training group (:func:`pretraining_group`), one per undersampling, at the preset's
+``pretrain_crop`` (the encoder is convolutional, so one set of weights serves every test size): the
+real, really undersampled ``mri/sigpy_brain_poisson8x.h5`` (another brain scan, its own 2-D Poisson
+mask) and slices 4 and 20 of nibabel's EPI volume (the neighbours of the EPI test slice 12),
+simulated and undersampled like the test; without nibabel, two scikit-image photographs instead.
 
-Scoring: every reconstruction's magnitude is multiplied by the support of the coil maps in use
-(where the SENSE model sees the image; known without ground truth; zero-filled and SENSE are zero
-outside it anyway), then compared with the target; ``psnr_unmasked`` keeps the unmasked PSNR.
+Scoring: fastMRI conventions (data range = target max, 7x7 SSIM), of the magnitude multiplied by the
+support of the coil maps (where the SENSE model sees the image; known without the ground truth).
+Per problem: the table, PSNR-vs-step curves (EMA output), and ``budget_change``: the PSNR at the
+full budget minus the PSNR at half of it (negative = a doubled budget costs). The ``summary``: per
+method the mean and the worst PSNR margin over the panel against zero-filled, CG-SENSE, L1-wavelet
+and tuned L1-wavelet, per undersampling.
 
-Targets, both reported: ``rss`` (fastMRI: the root-sum-of-squares of the fully sampled coil
-images, noise included, data range = its max) and ``coil_combined`` (the UGoDIT/DIP code's:
-|S^H F^H k_full| with the maps of the run, max-normalised, i.e. data range = its max). For the
-oracle-map classical results the coil-combined target uses the oracle maps.
+``workers`` (a preset entry): fits run in that many processes, one thread each (2 on a 2-core CPU).
 
-``method_args`` (a preset entry, default none) gives extra keyword arguments per method, e.g.
-``--set 'method_args={"self_guided_dip": {"input_lr": 0.01}}'``; they are recorded in the settings.
-
-Per method the result holds the metrics of the final reconstruction (the EMA output for the
-network methods, their documented default) against both targets, the wall time, the steps, the
-PSNR-vs-step curves (EMA and last output) and the steps needed to reach reference levels (the
-estimated-map SENSE and L1-wavelet PSNRs, and aSeqDIP's final PSNR minus 0.5 dB).
-
->>> PRESETS["quick"]["crop"], PRESETS["quick"]["network_args"]["channels"]
-((96, 72), [16, 32, 64, 64])
+>>> PRESETS["quick"]["panel"], PRESETS["quick"]["steps"]
+('quick', 600)
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
-from ugodit_pl.apps.benchmarks.panel import support_of
+from ugodit_pl.apps.benchmarks import panel
+from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves
 from ugodit_pl.complex import magnitude as complex_magnitude
 
-__all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "test_problem", "pretraining_files"]
+__all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "pretraining_group", "problem_metrics"]
 
-TEST_FILE = "mri/espirit_brain_full.h5"
-PRETRAIN_FILE = "mri/sigpy_brain_poisson8x.h5"
-
-#: The untrained-network methods, in table order.
-METHODS = ("dip", "reference_dip", "self_guided_dip", "aseqdip", "ugodit")
+#: The network methods, in table order (``dip_es`` comes out of the ``dip`` run).
+METHODS = ("dip", "reference_dip", "self_guided_dip", "aseqdip", "ugodit", "ugodit_untrained", "deepinv_dip")
 #: The classical reconstructions, in table order.
-CLASSICAL = ("zero_filled", "zero_filled_rss", "sense", "l1_wavelet")
+CLASSICAL = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned")
+#: The references of the summary's margins.
+REFERENCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned")
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # seconds, for the tests: tiny sizes, a few steps (the numbers mean nothing)
     "tiny": {
-        "crop": (48, 40),
-        "accelerations": {4: 0.16},
-        "network_args": {"channels": [4, 8, 8, 8]},
-        "steps": 4,
-        "pretrain_steps": 3,
-        "eval_every": 2,
-        "num_demo": 1,
-        "demo_names": ("camera",),
-        "pretrain_per_acceleration": False,
-        "coil_map_args": {"kernel_width": 4},
-        "sense_iter": 4,
-        "l1_iter": 8,
-        "methods": METHODS,
+        "panel": "tiny", "network_args": {"channels": [4, 8, 8, 8]}, "steps": 4, "pretrain_steps": 3,
+        "pretrain_crop": (64, 64), "eval_every": 2, "coil_map_args": {"kernel_width": 4}, "sense_iter": 4,
+        "l1_iter": 8, "l1_grid": [1e-3, 1e-2], "methods": METHODS, "workers": 1, "method_args": {},
+        "es_args": {"window": 2, "patience": 2},
     },
-    # about 15 min on 2 idle CPU cores: 96 x 72, width-16 U-Net, 600 steps, M = 3 (see docs/RESULTS.md
-    # for the arithmetic; the issue's 112 x 88 / width-32 / 1500-step setting is ~8x more work:
-    # --set crop=[112,88] --set 'network_args={"channels":[32,64,128,128]}' --set steps=1500 ...)
+    # about 40 min on 2 CPU cores: six problems up to 144 x 112, width-16 U-Net, 600 steps
     "quick": {
-        "crop": (96, 72),
-        "accelerations": {4: 0.08, 8: 0.04},
-        "network_args": {"channels": [16, 32, 64, 64]},
-        "steps": 600,
-        "pretrain_steps": 600,
-        "eval_every": 20,
-        "num_demo": 2,
-        "demo_names": ("camera", "moon"),
-        "pretrain_per_acceleration": False,
-        "coil_map_args": {},
-        "sense_iter": None,
-        "l1_iter": None,
-        "methods": METHODS,
+        "panel": "quick", "network_args": {"channels": [16, 32, 64, 64]}, "steps": 600, "pretrain_steps": 600,
+        "pretrain_crop": (96, 72), "eval_every": 30, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
+        "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 2, "method_args": {}, "es_args": {},
     },
-    # the papers' setting (for a GPU): full 230 x 180 slice, the authors' U-Net, 3000 steps, M = 5
+    # the papers' setting (for a GPU): full slices, the authors' U-Net width, 3000 steps
     "full": {
-        "crop": None,
-        "accelerations": {4: 0.08, 8: 0.04},
-        "network_args": {"channels": [64, 128, 256, 256]},
-        "steps": 3000,
-        "pretrain_steps": 3000,
-        "eval_every": 50,
-        "num_demo": 4,
-        "demo_names": ("camera", "moon", "coins", "brick"),
-        "pretrain_per_acceleration": True,
-        "coil_map_args": {},
-        "sense_iter": None,
-        "l1_iter": None,
-        "methods": METHODS,
+        "panel": "full", "network_args": {"channels": [64, 128, 256, 256]}, "steps": 3000, "pretrain_steps": 3000,
+        "pretrain_crop": (128, 96), "eval_every": 100, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
+        "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 1, "method_args": {}, "es_args": {},
     },
 }
 
-TARGETS = ("rss", "coil_combined")
-
-
-# --------------------------------------------------------------------------- data
-def _datamodule(root: Path, acceleration: float, center_fraction: float, preset: Dict[str, Any], *, target: Optional[str],
-                coil_maps: str = "espirit", cache: Optional[str] = None, mask_seed: int = 0, pretrain: Sequence[Path] = (),
-                role: str = "test"):
-    from ugodit_pl.datamodules import FastMRIDataModule
-
-    return FastMRIDataModule(
-        test_files=str(root / TEST_FILE),
-        test_slices=0,
-        pretrain_files=[str(p) for p in pretrain] or None,
-        pretrain_slices="all",
-        role=role,
-        mask="random",
-        acceleration=acceleration,
-        center_fraction=center_fraction,
-        mask_seed=mask_seed,
-        coil_maps=coil_maps,
-        coil_map_cache_dir=cache if cache is not None else False,
-        coil_map_args=dict(preset["coil_map_args"]),
-        target=target,
-        crop_size=preset["crop"],
-    )
-
-
-def test_problem(root: Path, acceleration: float, center_fraction: float, preset: Dict[str, Any], cache: Optional[str],
-                 mask_seed: int = 0) -> Dict[str, Any]:
-    """The test measurement as a batch (estimated maps), its two targets, and the oracle-map variant.
-
-    Returns ``{"batch", "targets": {"rss", "coil_combined"}, "oracle_batch", "oracle_targets", "info"}``.
-    """
-    problems = {}
-    for maps in ("espirit", "oracle"):
-        batches = {}
-        for target in TARGETS:
-            dm = _datamodule(root, acceleration, center_fraction, preset, target=target, coil_maps=maps, cache=cache,
-                             mask_seed=mask_seed)
-            dm.setup("fit", rank=0, world_size=1)
-            batches[target] = dm.batch
-        problems[maps] = batches
-    batch = problems["espirit"]["rss"]
-    mask = batch["operator"].mask
-    info = {
-        "file": TEST_FILE,
-        "name": batch["name"][0],
-        "shape": list(batch["y"].shape[-2:]),
-        "coils": int(batch["y"].shape[1]),
-        "acceleration": acceleration,
-        "center_fraction": center_fraction,
-        "sampled_fraction": float(mask.float().mean()),
-        "mask": "random (1-D columns)",
-        "mask_seed": mask_seed,
-    }
-    return {
-        "batch": batch,
-        "targets": {t: problems["espirit"][t]["target"] for t in TARGETS},
-        "oracle_batch": problems["oracle"]["rss"],
-        "oracle_targets": {t: problems["oracle"][t]["target"] for t in TARGETS},
-        "info": info,
-    }
-
-
-def pretraining_files(root: Path, folder: Path, preset: Dict[str, Any], seed: int = 0, include_real: bool = True
-                      ) -> List[Path]:
-    """The pre-training files: the real undersampled sigpy brain (unless ``include_real`` is False) and a
-    demo file of ``preset["num_demo"]`` simulated slices (``preset["demo_names"]``) written to ``folder``."""
-    import h5py
-
-    from ugodit_pl.datamodules import make_mri_demo
-
-    with h5py.File(root / TEST_FILE, "r") as handle:
-        size = tuple(handle["kspace"].shape[-2:])
-        coils = int(handle["kspace"].shape[1])
-    files = [root / PRETRAIN_FILE] if include_real else []
-    if preset["num_demo"] > 0:
-        files += make_mri_demo(folder, num_files=1, num_slices=int(preset["num_demo"]), size=size, num_coils=coils,
-                               seed=seed, names=tuple(preset["demo_names"]))
-    return files
-
 
 # --------------------------------------------------------------------------- metrics
-def _metrics(recon: torch.Tensor, targets: Dict[str, torch.Tensor], support: torch.Tensor) -> Dict[str, Dict[str, float]]:
-    """fastMRI-convention metrics of a (1, 2, H, W) or complex (1, H, W) reconstruction against each target.
-
-    The magnitude is multiplied by ``support`` (see :func:`support_of`); ``psnr_unmasked`` is the PSNR
-    without it.
-    """
+def problem_metrics(recon: torch.Tensor, target: torch.Tensor, support: torch.Tensor) -> Dict[str, float]:
+    """fastMRI-convention PSNR/SSIM/NMSE of a (1, 2, H, W) or complex (1, H, W) reconstruction's
+    support-masked magnitude against the RSS ``target`` (1, 1, H, W); ``psnr_unmasked`` without the mask."""
     from ugodit_pl.metrics import mri_metrics, psnr
 
     magnitude = complex_magnitude(recon.detach().cpu()).float()
-    out = {}
-    for name, target in targets.items():
-        target = target.cpu().float()
-        values = mri_metrics(magnitude * support.cpu(), target)
-        out[name] = {k: float(v.mean()) for k, v in values.items()}
-        out[name]["psnr_unmasked"] = float(psnr(magnitude, target).mean())
+    target = target.cpu().float()
+    out = {k: float(v.mean()) for k, v in mri_metrics(magnitude * support.cpu(), target).items()}
+    out["psnr_unmasked"] = float(psnr(magnitude, target).mean())
     return out
 
 
-def _metric_fn_for(support: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Curve metrics (PSNR, SSIM, NMSE) of the support-masked magnitude."""
+def _curve_metrics(support: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]]:
     from ugodit_pl.metrics import mri_metrics
 
     def metric_fn(output: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -232,199 +106,362 @@ def _metric_fn_for(support: torch.Tensor) -> Callable[[torch.Tensor, torch.Tenso
     return metric_fn
 
 
-# --------------------------------------------------------------------------- methods
-def _classical(batch: Dict[str, Any], preset: Dict[str, Any]) -> Dict[str, Callable[[], torch.Tensor]]:
+def _at(curve: Dict[str, List[float]], step: int) -> Optional[float]:
+    """The curve's value at the last evaluated step <= ``step``."""
+    value = None
+    for s, v in zip(curve["steps"], curve["psnr"]):
+        if s <= step:
+            value = v
+    return value
+
+
+# --------------------------------------------------------------------------- classical
+def classical_results(batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Zero-filled, CG-SENSE, L1-wavelet and L1-wavelet at its best lambda of ``l1_grid`` (oracle-tuned)."""
     from ugodit_pl import classical
 
-    y = batch["y"][0]
-    mask = batch["operator"].mask[0]
-    maps = batch["operator"].coil_maps[0]
-    sense_args = {} if preset["sense_iter"] is None else {"max_iter": int(preset["sense_iter"])}
-    l1_args = {} if preset["l1_iter"] is None else {"max_iter": int(preset["l1_iter"])}
-    return {
+    y, mask, maps, target = batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0], batch["target"]
+    sense_args = {} if settings["sense_iter"] is None else {"max_iter": int(settings["sense_iter"])}
+    l1_args = {} if settings["l1_iter"] is None else {"max_iter": int(settings["l1_iter"])}
+    runs: Dict[str, Callable[[], torch.Tensor]] = {
         "zero_filled": lambda: classical.zero_filled(y, maps),
-        "zero_filled_rss": lambda: classical.zero_filled(y),
         "sense": lambda: classical.sense(y, mask, maps, **sense_args),
         "l1_wavelet": lambda: classical.l1_wavelet(y, mask, maps, **l1_args),
     }
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        recon = run()
+        out[name] = {"kind": "classical", "metrics": problem_metrics(recon[None], target, support),
+                     "seconds": time.perf_counter() - start}
+    tuned = []
+    for lamda in settings["l1_grid"]:
+        recon = classical.l1_wavelet(y, mask, maps, lamda=float(lamda), **l1_args)
+        tuned.append((problem_metrics(recon[None], target, support), float(lamda)))
+    best, lamda = max(tuned, key=lambda item: item[0]["psnr"])
+    out["l1_wavelet_tuned"] = {"kind": "classical", "metrics": best, "lamda": lamda,
+                               "grid": {str(g): m["psnr"] for m, g in tuned}, "oracle": True}
+    return out
 
 
-def _network_method(name: str, preset: Dict[str, Any], weights: Optional[Path], seed: int,
-                    extra: Optional[Dict[str, Any]] = None):
+# --------------------------------------------------------------------------- networks
+def network_method(name: str, settings: Dict[str, Any], weights: Optional[Path], seed: int,
+                   extra: Optional[Dict[str, Any]] = None):
+    """The method ``name`` at its defaults (plus ``extra`` keyword arguments), with the preset's U-Net."""
     from ugodit_pl import methods
 
     common = {"num_measurements": 1, "seed": seed, **dict(extra or {})}
-    net = {"network": "unet", "network_args": dict(preset["network_args"])}
-    if name == "dip":
-        return methods.DIP(**net, **common)
-    if name == "reference_dip":
-        return methods.ReferenceGuidedDIP(**net, **common)
-    if name == "self_guided_dip":
-        return methods.SelfGuidedDIP(**net, **common)
-    if name == "aseqdip":
-        return methods.ASeqDIP(**net, **common)
-    if name == "ugodit":
+    net = {"network": "unet", "network_args": dict(settings["network_args"])}
+    classes = {"dip": methods.DIP, "reference_dip": methods.ReferenceGuidedDIP,
+               "self_guided_dip": methods.SelfGuidedDIP, "aseqdip": methods.ASeqDIP}
+    if name in classes:
+        return classes[name](**net, **common)
+    if name in ("ugodit", "ugodit_untrained"):
         if weights is None:
-            raise ValueError("the 'ugodit' method needs pre-trained transferable weights")
+            raise ValueError(f"the {name!r} method needs transferable weights")
         return methods.UGoDITFit(weights=str(weights), **common)
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
-def _describe(method: Any) -> Dict[str, Any]:
+def describe(method: Any) -> Dict[str, Any]:
     """The hyper-parameters that matter, for the result file."""
     keys = ("lr", "loss_norm", "output", "input_init", "lam", "update_every", "input_update", "alpha", "num_draws",
-            "noise_std", "input_lr", "input_perturbation", "encoder_bn", "normalize_percentile")
+            "noise_std", "input_lr", "input_perturbation", "encoder_bn", "residual", "normalize_percentile")
     return {k: getattr(method, k) for k in keys if hasattr(method, k)}
 
 
-def pretrain_ugodit(files: Sequence[Path], root: Path, acceleration: float, center_fraction: float, preset: Dict[str, Any],
-                    out_path: Path, cache: Optional[str], seed: int = 0, device: str = "cpu",
-                    method_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Group pre-training on ``files`` (all slices); writes the transferable weights to ``out_path``.
+def _compact(curve: Dict[str, List[float]]) -> Dict[str, List[float]]:
+    return {m: [round(v, 3) if isinstance(v, float) else v for v in curve[m]] for m in ("steps", "psnr", "ssim")
+            if m in curve}
 
-    ``method_kwargs``: further arguments of ``UGoDITPretrain`` (e.g. ``lam``), default none.
-    """
-    from ugodit_pl.methods import UGoDITPretrain
 
-    dm = _datamodule(root, acceleration, center_fraction, preset, target=None, cache=cache, pretrain=files,
-                     role="pretrain")
-    dm.setup("fit", rank=0, world_size=1)
-    batch = dm.batch
-    method = UGoDITPretrain(num_measurements=len(batch["name"]), network="unet",
-                            network_args=dict(preset["network_args"]), seed=seed, weights_path=str(out_path),
-                            **dict(method_kwargs or {}))
-    seconds = fit_method(method, batch, int(preset["pretrain_steps"]), device=device)
-    return {
-        "measurements": list(batch["name"]),
-        "M": len(batch["name"]),
-        "steps": int(preset["pretrain_steps"]),
-        "seconds": seconds,
-        "acceleration": acceleration,
-        "center_fraction": center_fraction,
-        "settings": _describe(method),
-        "sampled_fraction": [float(m.float().mean()) for m in batch["operator"].mask.expand(len(batch["name"]), -1, -1)],
+def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any],
+                weights: Optional[Path], seed: int, device: str) -> Dict[str, Dict[str, Any]]:
+    """One network fit with its curves; ``dip`` also yields ``dip_es`` (WMVEarlyStopping on the same run)."""
+    from ugodit_pl.callbacks import WMVEarlyStopping
+
+    steps = int(settings["steps"])
+    method = network_method(name, settings, weights, seed, (settings.get("method_args") or {}).get(name))
+    tracker = CurveTracker({"rss": batch["target"]}, _curve_metrics(support), int(settings["eval_every"]), steps)
+    callbacks = [tracker.callback()]
+    stopper = WMVEarlyStopping(**dict(settings.get("es_args") or {})) if name == "dip" else None
+    if stopper is not None:
+        callbacks.append(stopper)
+    seconds = fit_method(method, batch, steps, callbacks=callbacks, device=device)
+    ema = tracker.curves["rss"]["ema"]
+    entry = {
+        "kind": "network", "steps": steps, "seconds": seconds, "seconds_metrics": tracker.eval_seconds,
+        "metrics": problem_metrics(method.ema_output if name == "dip" else method.reconstruction, batch["target"], support),
+        "metrics_last": problem_metrics(method.current_output, batch["target"], support),
+        "settings": describe(method), "curve": _compact(ema), "curve_last": _compact(tracker.curves["rss"]["last"]),
+        "budget_change": _budget_change(ema, steps),
     }
-
-
-def run_acceleration(problem: Dict[str, Any], preset: Dict[str, Any], weights: Optional[Path], seed: int = 0,
-                     device: str = "cpu", log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """All methods on one test problem; returns ``{"problem", "methods", "levels"}``."""
-    results: Dict[str, Dict[str, Any]] = {}
-    support = support_of(problem["batch"])
-    for maps, batch, targets in (("estimated", problem["batch"], problem["targets"]),
-                                 ("oracle", problem["oracle_batch"], problem["oracle_targets"])):
-        for name, run in _classical(batch, preset).items():
-            if name == "zero_filled_rss" and maps == "oracle":
-                continue  # does not use maps
-            start = time.perf_counter()
-            recon = run()
-            seconds = time.perf_counter() - start
-            key = name if name == "zero_filled_rss" else f"{name}[{maps}]"
-            results[key] = {"method": name, "kind": "classical", "maps": None if name == "zero_filled_rss" else maps,
-                            "metrics": _metrics(recon[None], targets, support_of(batch)), "seconds": seconds,
-                            "steps": None}
-            log(f"  {key:28s} rss {results[key]['metrics']['rss']['psnr']:6.2f} dB  "
-                f"cc {results[key]['metrics']['coil_combined']['psnr']:6.2f} dB  {seconds:6.1f} s")
-    steps = int(preset["steps"])
-    for name in preset["methods"]:
-        method = _network_method(name, preset, weights, seed, (preset.get("method_args") or {}).get(name))
-        tracker = CurveTracker(problem["targets"], _metric_fn_for(support), int(preset["eval_every"]), steps)
-        seconds = fit_method(method, problem["batch"], steps, callbacks=[tracker.callback()], device=device)
-        final = _metrics(method.reconstruction, problem["targets"], support)
-        last = _metrics(method.current_output, problem["targets"], support)
-        results[name] = {
-            "method": name, "kind": "network", "maps": "estimated", "metrics": final, "metrics_last": last,
-            "seconds": seconds, "seconds_metrics": tracker.eval_seconds, "steps": steps,
-            "settings": _describe(method), "curves": _compact_curves(tracker.curves),
-        }
-        log(f"  {name:28s} rss {final['rss']['psnr']:6.2f} dB  cc {final['coil_combined']['psnr']:6.2f} dB  "
-            f"{seconds:6.1f} s")
-    levels = _levels(results)
-    for entry in results.values():
-        if entry["kind"] == "network":
-            entry["steps_to_reach"] = {
-                target: {level: steps_to_reach(entry["curves"][target]["ema"], value[target])
-                         for level, value in levels.items()}
-                for target in TARGETS
-            }
-    info = dict(problem["info"], support_fraction=float(support.mean()))
-    return {"problem": info, "methods": results, "levels": levels}
-
-
-def _compact_curves(curves: Dict[str, Dict[str, Dict[str, List[float]]]]) -> Dict[str, Any]:
-    """PSNR and SSIM curves rounded to 3 decimals; the last-output curve for the RSS target only (small JSON)."""
-    out: Dict[str, Any] = {}
-    for target, kinds in curves.items():
-        out[target] = {}
-        for kind, curve in kinds.items():
-            if kind == "last" and target != "rss":
-                continue
-            out[target][kind] = {m: [round(v, 3) if isinstance(v, float) else v for v in curve[m]]
-                                 for m in ("steps", "psnr", "ssim") if m in curve}
+    out = {name: entry}
+    if stopper is not None:
+        kept = stopper.best_step.get(0, next(iter(stopper.best_step.values()), None))
+        out["dip_es"] = {"kind": "network", "steps": kept, "budget": steps, "seconds": seconds,
+                         "metrics": problem_metrics(method.reconstruction, batch["target"], support),
+                         "settings": {"window": stopper.window, "patience": stopper.patience},
+                         "stopped_step": stopper.stopped_step}
     return out
 
 
-def _levels(results: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Optional[float]]]:
-    """PSNR levels per target: estimated-map SENSE and L1-wavelet, and aSeqDIP's final PSNR - 0.5 dB."""
-    levels: Dict[str, Dict[str, Optional[float]]] = {}
-    for key in ("sense[estimated]", "l1_wavelet[estimated]"):
-        if key in results:
-            levels[key] = {t: results[key]["metrics"][t]["psnr"] for t in TARGETS}
-    if "aseqdip" in results:
-        levels["aseqdip_final-0.5dB"] = {t: results["aseqdip"]["metrics"][t]["psnr"] - 0.5 for t in TARGETS}
-    return levels
+def _budget_change(curve: Dict[str, List[float]], steps: int) -> Optional[float]:
+    half, full = _at(curve, steps // 2), _at(curve, steps)
+    return None if half is None or full is None else full - half
 
 
+def deepinv_dip(batch: Dict[str, Any], support: torch.Tensor, steps: int, seed: int) -> Dict[str, Any]:
+    """deepinv's ``DeepImagePrior`` with its ``ConvDecoder`` (64 channels, 7 layers, lr 0.01) on the same
+    measurement, maps and step budget (deepinv's own MultiCoilMRI operator; the k-space is scaled so that
+    the zero-filled image has maximum 1 and the output scaled back)."""
+    from deepinv.models import ConvDecoder, DeepImagePrior
+    from deepinv.physics import MultiCoilMRI
+
+    y, mask, maps = batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0]
+    height, width = y.shape[-2:]
+    physics = MultiCoilMRI(mask=mask.float().expand(height, width)[None].clone(), coil_maps=maps[None],
+                           img_size=(height, width))
+    measured = torch.stack([y.real, y.imag])[None]
+    zero_filled = physics.A_adjoint(measured)
+    scale = float(zero_filled.pow(2).sum(dim=1).sqrt().max())
+    torch.manual_seed(seed)
+    generator = ConvDecoder(img_size=(2, height, width), in_size=(4, 4), layers=7, channels=64)
+    start = time.perf_counter()
+    x = DeepImagePrior(generator, img_size=(64, 4, 4), iterations=int(steps), learning_rate=0.01)(measured / scale, physics)
+    recon = torch.complex(x[0, 0], x[0, 1]).detach()[None] * scale
+    return {"kind": "network", "steps": int(steps), "seconds": time.perf_counter() - start,
+            "metrics": problem_metrics(recon, batch["target"], support),
+            "settings": {"network": "deepinv ConvDecoder(in_size=(4, 4), layers=7, channels=64)", "lr": 0.01},
+            "peer": True}
+
+
+def deepinv_available() -> bool:
+    """Whether deepinv can be imported here."""
+    try:
+        import deepinv  # noqa: F401
+    except Exception:  # an install with a mismatched torchvision fails with other errors than ImportError
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- UGoDIT pre-training
+def pretraining_group(undersampling: str, root: Path, folder: Path, seed: int = 0) -> Tuple[List[Tuple[str, int]], str]:
+    """The (file, slice) pairs UGoDIT pre-trains on for ``undersampling``, and what they are.
+
+    Never a test slice: the real sigpy brain (another scan) and EPI slices 4 and 20 (the neighbours of
+    the EPI test slice 12); without nibabel, two simulated scikit-image photographs replace the EPI slices.
+    """
+    pairs = [(str(root / panel.PRETRAIN_BRAIN_FILE), 0)]
+    try:
+        import nibabel  # noqa: F401
+    except ImportError:
+        from ugodit_pl.datamodules import make_mri_demo
+
+        files = make_mri_demo(folder / "photos", num_files=1, num_slices=2, size=(230, 180), num_coils=8, seed=seed,
+                              names=("camera", "moon"))
+        return pairs + [(str(files[0]), 0), (str(files[0]), 1)], (
+            "the real sigpy brain (undersampled by its own 2-D Poisson mask) and 2 scikit-image photographs "
+            "(camera, moon) simulated into 8-coil k-space (nibabel not installed)")
+    epi = panel.anatomy_file("epi", root, folder)
+    return pairs + [(str(epi), 1), (str(epi), 2)], (
+        f"the real sigpy brain (undersampled by its own 2-D Poisson mask) and EPI slices {panel.EPI_NEIGHBOURS} "
+        f"(neighbours of the test slice {panel.EPI_TEST_SLICE}), {undersampling} like the test")
+
+
+def pretrain(undersampling: str, pairs: List[Tuple[str, int]], settings: Dict[str, Any], out_path: Path,
+             steps: int, cache: str, seed: int, device: str) -> Dict[str, Any]:
+    """UGoDIT group pre-training on ``pairs`` at the preset's ``pretrain_crop``; writes the weights to ``out_path``."""
+    from ugodit_pl.methods import UGoDITPretrain
+
+    entry = panel.problem("brain", settings["pretrain_crop"], undersampling)
+    dm = panel.datamodule(entry, Path(pairs[0][0]), role="pretrain", pretrain=pairs, cache=cache,
+                          coil_map_args=settings["coil_map_args"], mask_seed=seed)
+    dm.setup("fit", rank=0, world_size=1)
+    batch = dm.batch
+    method = UGoDITPretrain(num_measurements=len(batch["name"]), network="unet",
+                            network_args=dict(settings["network_args"]), seed=seed, weights_path=str(out_path))
+    seconds = fit_method(method, batch, int(steps), device=device)
+    return {"measurements": list(batch["name"]), "M": len(batch["name"]), "steps": int(steps), "seconds": seconds,
+            "crop": list(settings["pretrain_crop"]), "settings": describe(method)}
+
+
+# --------------------------------------------------------------------------- tasks (run in worker processes)
+def _task(task: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """One unit of work: ``{"kind": "pretrain" | "classical" | "network" | "deepinv", ...}``."""
+    torch.set_num_threads(int(task["threads"]))
+    settings, root, folder = task["settings"], Path(task["root"]), Path(task["folder"])
+    if task["kind"] == "pretrain":
+        info = pretrain(task["undersampling"], task["pairs"], settings, Path(task["weights"]), task["steps"],
+                        task["cache"], task["seed"], task["device"])
+        return task, info
+    batch = panel.test_batch(task["entry"], root, folder, cache=task["cache"], coil_map_args=settings["coil_map_args"])
+    support = panel.support_of(batch)
+    if task["kind"] == "classical":
+        return task, classical_results(batch, support, settings)
+    if task["kind"] == "deepinv":
+        return task, {"deepinv_dip": deepinv_dip(batch, support, int(settings["steps"]), task["seed"])}
+    weights = Path(task["weights"]) if task.get("weights") else None
+    return task, fit_network(task["method"], batch, support, settings, weights, task["seed"], task["device"])
+
+
+def _run_tasks(tasks: List[Dict[str, Any]], workers: int, log: Callable[[str], None]) -> List[Tuple[Dict, Dict]]:
+    if workers <= 1:
+        return [_task(t) for t in tasks]
+    import multiprocessing
+
+    done = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for task, result in pool.map(_task, tasks):
+            done.append((task, result))
+            log(f"  done: {task.get('label', task['kind'])}")
+    return done
+
+
+# --------------------------------------------------------------------------- the suite
 def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, data: Optional[Path] = None,
                     device: str = "cpu", seed: int = 0, overrides: Optional[Dict[str, Any]] = None,
                     log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run the suite; returns the result dict (without machine facts) and writes curve plots to ``out_dir``.
+    """Run the panel; returns the result dict and writes one curve plot per problem to ``out_dir``.
 
-    ``overrides`` replace preset entries (e.g. ``{"steps": 10}``); they are recorded in the result.
+    ``overrides`` replace preset entries (e.g. ``{"steps": 10}``, ``{"problems": ["brain 96x72 4x"]}``
+    to run a subset of the panel); they are recorded in the result.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     settings = dict(PRESETS[preset], **(overrides or {}))
+    unknown = sorted(set(settings["methods"]) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    entries, notes = panel.available(panel.PANELS[settings["panel"]])
+    if settings.get("problems"):
+        entries = [e for e in entries if e["name"] in settings["problems"]]
+        if not entries:
+            raise ValueError(f"no panel problem named {settings['problems']}")
+    methods = list(settings["methods"])
+    if "deepinv_dip" in methods and not deepinv_available():
+        methods.remove("deepinv_dip")
+        notes.append("deepinv_dip: skipped, deepinv is not installed (pip install deepinv; it pulls torchvision)")
+    workers = max(1, int(settings["workers"]))
+    threads = max(1, torch.get_num_threads() // workers) if workers > 1 else torch.get_num_threads()
     root = data_root(data)
     start = time.perf_counter()
-    result: Dict[str, Any] = {"settings": settings, "accelerations": {}, "pretraining": {}}
+    result: Dict[str, Any] = {"settings": settings, "notes": notes, "problems": {}, "pretraining": {}}
     with tempfile.TemporaryDirectory(prefix="ugodit-mri-bench-") as scratch:
-        scratch_path = Path(scratch)
-        cache = str(scratch_path / "coil_maps")
-        files = pretraining_files(root, scratch_path / "demo", settings, seed) if "ugodit" in settings["methods"] else []
-        weights: Optional[Path] = None
-        for acceleration, center_fraction in sorted(settings["accelerations"].items(), key=lambda kv: float(kv[0])):
-            label = f"{float(acceleration):g}x"
-            log(f"mri-quality {label}: test problem")
-            problem = test_problem(root, float(acceleration), float(center_fraction), settings, cache, seed)
-            if files and (weights is None or settings["pretrain_per_acceleration"]):
-                weights = scratch_path / f"encoder_{label}.pt"
-                log(f"mri-quality {label}: UGoDIT pre-training on {len(files)} file(s)")
-                info = pretrain_ugodit(files, root, float(acceleration), float(center_fraction), settings, weights,
-                                       cache, seed, device)
-                info["used_for"] = [label]
-                result["pretraining"][label] = info
-                log(f"  pre-training M={info['M']} {info['steps']} steps {info['seconds']:.1f} s")
-            elif files:
-                next(iter(result["pretraining"].values()))["used_for"].append(label)
-            outcome = run_acceleration(problem, settings, weights, seed, device, log)
-            result["accelerations"][label] = outcome
-            if out_dir is not None:
-                _plot(outcome, Path(out_dir) / f"mri-quality_{label}.png", label, settings)
-    result["pretraining_data"] = {
-        "real": PRETRAIN_FILE + " (really undersampled, its own 2-D Poisson mask, cropped like the test)",
-        "simulated": f"make_mri_demo: {settings['num_demo']} slices from scikit-image photographs "
-                     f"{list(settings['demo_names'])}, 8 birdcage coils, 1-D random masks like the test",
-    }
+        folder, cache = Path(scratch) / "data", str(Path(scratch) / "coil_maps")
+        base = {"settings": settings, "root": str(root), "folder": str(folder), "cache": cache, "seed": seed,
+                "device": device, "threads": threads}
+        infos = {}
+        for entry in entries:  # in this process: simulate the files and estimate (cache) the maps once
+            batch = panel.test_batch(entry, root, folder, cache=cache, coil_map_args=settings["coil_map_args"])
+            infos[entry["name"]] = _problem_info(entry, batch)
+            log(f"mri-quality: {entry['name']}: {infos[entry['name']]['sampled_fraction']:.3f} of k-space sampled")
+        weights: Dict[Tuple[str, bool], Path] = {}
+        pre_tasks = []
+        for undersampling in sorted({e["undersampling"] for e in entries}):
+            pairs, description = pretraining_group(undersampling, root, folder, seed)
+            for untrained in (False, True):
+                wanted = "ugodit_untrained" if untrained else "ugodit"
+                if wanted not in methods:
+                    continue
+                path = Path(scratch) / f"encoder_{undersampling}{'_untrained' if untrained else ''}.pt"
+                weights[(undersampling, untrained)] = path
+                pre_tasks.append(dict(base, kind="pretrain", undersampling=undersampling, pairs=pairs,
+                                      weights=str(path), steps=1 if untrained else int(settings["pretrain_steps"]),
+                                      label=f"pre-training {undersampling}{' (1 step)' if untrained else ''}",
+                                      description=description))
+        for task, info in _run_tasks(pre_tasks, workers, log):
+            key = task["undersampling"] + (" untrained" if task["steps"] == 1 else "")
+            result["pretraining"][key] = dict(info, group=task["description"])
+        tasks = []
+        for entry in entries:
+            tasks.append(dict(base, kind="classical", entry=entry, label=f"{entry['name']}: classical"))
+            for name in methods:
+                if name == "deepinv_dip":
+                    tasks.append(dict(base, kind="deepinv", entry=entry, label=f"{entry['name']}: deepinv_dip"))
+                    continue
+                path = weights.get((entry["undersampling"], name == "ugodit_untrained"))
+                tasks.append(dict(base, kind="network", entry=entry, method=name,
+                                  weights=str(path) if path and name.startswith("ugodit") else None,
+                                  label=f"{entry['name']}: {name}"))
+        tasks.sort(key=_cost, reverse=True)  # longest first: the pool ends evenly
+        result["problems"] = {entry["name"]: {"problem": infos[entry["name"]], "methods": {}} for entry in entries}
+        for task, outcome in _run_tasks(tasks, workers, log):
+            result["problems"][task["entry"]["name"]]["methods"].update(outcome)
+    for name, problem in result["problems"].items():
+        problem["methods"] = _ordered(problem["methods"])
+        _log_problem(name, problem, log)
+        if out_dir is not None:
+            _plot(name, problem, Path(out_dir) / f"mri-quality_{_slug(name)}.png", settings)
+    result["summary"] = summarise(result["problems"])
     result["total_seconds"] = time.perf_counter() - start
     return result
 
 
-def _plot(outcome: Dict[str, Any], path: Path, label: str, settings: Dict[str, Any]) -> None:
-    curves = {name: entry["curves"]["rss"]["ema"] for name, entry in outcome["methods"].items()
-              if entry["kind"] == "network"}
-    levels = {key: outcome["methods"][key]["metrics"]["rss"]["psnr"]
-              for key in ("zero_filled[estimated]", "sense[estimated]", "l1_wavelet[estimated]") if key in outcome["methods"]}
-    crop = settings["crop"]
-    size = f"{crop[0]}x{crop[1]}" if crop else "230x180"
-    plot_curves(curves, path, title=f"brain {size}, {label}: PSNR (RSS target) of the EMA output", levels=levels)
+def _problem_info(entry: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, Any]:
+    kind, acceleration, _ = panel.UNDERSAMPLINGS[entry["undersampling"]]
+    return {
+        "name": entry["name"], "anatomy": entry["anatomy"], "what": panel.ANATOMIES[entry["anatomy"]][0],
+        "shape": list(batch["y"].shape[-2:]), "coils": int(batch["y"].shape[1]), "mask": f"{kind} (1-D columns)",
+        "acceleration": acceleration, "center_fraction": panel.center_fraction(entry),
+        "sampled_fraction": float(batch["operator"].mask.float().mean()),
+        "support_fraction": float(panel.support_of(batch).mean()),
+    }
+
+
+def _cost(task: Dict[str, Any]) -> float:
+    height, width = task["entry"]["crop"] or panel.ANATOMIES[task["entry"]["anatomy"]][1]
+    factor = {"classical": 0.1, "deepinv": 1.5, "network": 3.5 if task.get("method") == "self_guided_dip" else 1.0}
+    return height * width * factor[task["kind"]]
+
+
+def _ordered(methods: Dict[str, Any]) -> Dict[str, Any]:
+    order = list(CLASSICAL) + ["dip", "dip_es"] + [m for m in METHODS if m != "dip"]
+    return {k: methods[k] for k in order if k in methods}
+
+
+def summarise(problems: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Per undersampling and method: mean PSNR/SSIM, and the mean and worst PSNR margin against each reference."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for problem in problems.values():
+        groups.setdefault(f"{problem['problem']['acceleration']:g}x", []).append(problem)
+    out: Dict[str, Any] = {}
+    for label, members in sorted(groups.items()):
+        names = [n for n in members[0]["methods"] if all(n in p["methods"] for p in members)]
+        table = {}
+        for name in names:
+            psnrs = [p["methods"][name]["metrics"]["psnr"] for p in members]
+            row = {"mean_psnr": sum(psnrs) / len(psnrs),
+                   "mean_ssim": sum(p["methods"][name]["metrics"]["ssim"] for p in members) / len(members)}
+            for ref in REFERENCES:
+                if all(ref in p["methods"] for p in members) and name != ref:
+                    margins = [p["methods"][name]["metrics"]["psnr"] - p["methods"][ref]["metrics"]["psnr"] for p in members]
+                    row[f"margin_{ref}"] = {"mean": sum(margins) / len(margins), "worst": min(margins)}
+            changes = [p["methods"][name].get("budget_change") for p in members]
+            if all(c is not None for c in changes):
+                row["budget_change_worst"] = min(changes)
+            table[name] = row
+        out[label] = {"problems": [p["problem"]["name"] for p in members], "methods": table}
+    return out
+
+
+def _slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def _log_problem(name: str, problem: Dict[str, Any], log: Callable[[str], None]) -> None:
+    log(f"mri-quality {name}:")
+    for key, entry in problem["methods"].items():
+        seconds = entry.get("seconds")
+        log(f"  {key:18s} {entry['metrics']['psnr']:6.2f} dB  SSIM {entry['metrics']['ssim']:.3f}"
+            + (f"  {seconds:6.1f} s" if seconds is not None else ""))
+
+
+def _plot(name: str, problem: Dict[str, Any], path: Path, settings: Dict[str, Any]) -> None:
+    methods = problem["methods"]
+    curves = {key: entry["curve"] for key, entry in methods.items() if "curve" in entry}
+    levels = {key: methods[key]["metrics"]["psnr"] for key in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned")
+              if key in methods}
+    plot_curves(curves, path, levels=levels,
+                title=f"{name}: PSNR (RSS target) of the EMA output, U-Net {settings['network_args']['channels'][0]} wide")
+

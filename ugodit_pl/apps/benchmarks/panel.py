@@ -56,8 +56,22 @@ def problem(anatomy: str, crop: Optional[Sequence[int]], undersampling: str) -> 
             "crop": None if crop is None else list(crop), "undersampling": undersampling}
 
 
+def named(name: str) -> Dict[str, Any]:
+    """The panel entry called ``name`` ("anatomy HxW undersampling"; any size up to the native one).
+
+    >>> named("brain 230x180 8x")["crop"] is None
+    True
+    """
+    try:
+        anatomy, size, undersampling = name.split()
+        crop = tuple(int(n) for n in size.split("x"))
+    except ValueError:
+        raise ValueError(f"a panel problem is named 'anatomy HxW undersampling', e.g. 'brain 96x72 4x'; got {name!r}") from None
+    return problem(anatomy, None if crop == ANATOMIES.get(anatomy, ("", None))[1] else crop, undersampling)
+
+
 PANELS: Dict[str, List[Dict[str, Any]]] = {
-    "tiny": [problem("brain", (48, 40), "4x"), problem("head", (48, 48), "8x")],
+    "tiny": [problem("brain", (48, 40), "4x"), problem("head", (64, 64), "8x")],
     "quick": [problem("brain", (96, 72), "4x"), problem("brain", (144, 112), "4x"), problem("head", (96, 96), "4x"),
               problem("epi", (96, 72), "4x"), problem("brain", (96, 72), "8x"), problem("head", (96, 96), "8x")],
     "full": [problem("brain", None, "4x"), problem("brain", (144, 112), "4x"), problem("head", None, "4x"),
@@ -114,11 +128,11 @@ def datamodule(entry: Dict[str, Any], path: Path, *, role: str = "test", slices:
 
     kind, acceleration, _ = UNDERSAMPLINGS[entry["undersampling"]]
     return FastMRIDataModule(
-        test_files=None, test_slices=[(str(path), slices)], pretrain_files=None,
+        test_files=None, test_slices=[(str(path), slices)] if role == "test" else "middle", pretrain_files=None,
         pretrain_slices=pretrain if pretrain else "middle", role=role, mask=kind, acceleration=acceleration,
         center_fraction=center_fraction(entry), mask_seed=mask_seed, coil_maps="espirit",
         coil_map_cache_dir=cache if cache is not None else False, coil_map_args=dict(coil_map_args or {}),
-        target="rss", crop_size=entry["crop"],
+        target="rss" if role == "test" else None, crop_size=entry["crop"],
     )
 
 

@@ -275,8 +275,8 @@ def pretrain_step_speed(
         total = 0.0
         for i in range(num_decoders):
             zi = z[i : i + 1]
-            out = decoders[i](*encoder(zi))
-            data = residual_norm(operators[i](out) - y[i : i + 1], method.loss_norm)
+            out = decoders[i](*encoder(zi)) + (zi if method.residual else 0)
+            data = residual_norm(operators[i](out) - y[i : i + 1], method.loss_norm) * operators[i].samples_per_pixel
             total = total + data + method.lam * method.proximity_term(out, zi)
         looped_optimizer.zero_grad(set_to_none=True)
         total.sum().backward()

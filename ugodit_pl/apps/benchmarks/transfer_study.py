@@ -1,9 +1,9 @@
 """The ``transfer-study`` suite: what UGoDIT's advantage over aSeqDIP depends on, on the real brain slice.
 
-The test problem is ``mri-quality``'s (real 8-coil brain, k-space crop, 4x 1-D random mask, ESPIRiT
-maps from the measurement, support-masked scoring against the RSS target). Each *variant* changes
-one thing against the default UGoDIT (pre-training group = the real sigpy brain + simulated
-photographs, the library's defaults everywhere) and is fitted for the same number of steps as
+The test problem is a problem of ``mri-quality``'s panel (``problem``: the real 8-coil brain, k-space
+crop, 4x 1-D random mask, ESPIRiT maps from the measurement, support-masked scoring against the RSS
+target). Each *variant* changes one thing against the default UGoDIT (pre-training group =
+``mri_quality.pretraining_group``, the library's defaults everywhere) and is fitted for the same number of steps as
 aSeqDIP; every variant that changes the shared objective (lambda, N, input-update rule, learning
 rate) is compared with an aSeqDIP run that gets the same change, so each row reads "UGoDIT minus
 aSeqDIP under the same settings".
@@ -22,7 +22,7 @@ step (a quarter of the budget), steps to reach aSeqDIP's final PSNR, and the sam
 partner. The curves go to ``transfer-study.png``.
 
 >>> [v[0] for v in VARIANTS][:3]
-['default', 'M = 1 (real brain only)', 'M = 2']
+['default', 'M = 1 (real brain only)', 'M = 8 (default + 5 photographs)']
 """
 
 from __future__ import annotations
@@ -32,52 +32,50 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
 from ugodit_pl.apps.benchmarks.mri_quality import (
     PRESETS as MRI_PRESETS,
-    _metric_fn_for,
-    _metrics,
-    _network_method,
-    pretrain_ugodit,
-    pretraining_files,
-    support_of,
-    test_problem,
+    _at,
+    _curve_metrics,
+    network_method,
+    pretrain,
+    pretraining_group,
+    problem_metrics,
 )
 
 __all__ = ["PRESETS", "VARIANTS", "PRETRAININGS", "run_transfer_study"]
 
-#: Pre-training groups: name -> (include the real sigpy brain, number of simulated photographs,
-#: fraction of the preset's pre-training steps, UGoDITPretrain keyword arguments).
-PRETRAININGS: Dict[str, Tuple[bool, Optional[int], float, Dict[str, Any]]] = {
-    "default": (True, None, 1.0, {}),          # None: the preset's num_demo
-    "brain_only": (True, 0, 1.0, {}),
-    "M2": (True, 1, 1.0, {}),
-    "M8": (True, 7, 1.0, {}),
-    "photos_only": (False, None, 1.0, {}),
-    "short": (True, None, 0.25, {}),
-    "untrained": (True, None, 0.0, {}),        # one step: a control, the encoder as initialised
-    "lam0.1_lr1e-3": (True, None, 1.0, {"lam": 0.1, "lr": 1e-3}),
+#: Pre-training groups: name -> (the measurements: "default" = ``pretraining_group``, "brain" = the real
+#: sigpy brain only, or a number of scikit-image photographs simulated into k-space, optionally after
+#: the default group; fraction of the preset's pre-training steps).
+PRETRAININGS: Dict[str, Tuple[Tuple[str, int], float]] = {
+    "default": (("default", 0), 1.0),
+    "brain_only": (("brain", 0), 1.0),
+    "M8": (("default", 5), 1.0),
+    "photos_only": (("photos", 3), 1.0),
+    "short": (("default", 0), 0.25),
+    "untrained": (("default", 0), 0.0),        # one step: a control, the encoder as initialised
 }
+PHOTOS = ("camera", "moon", "coins", "brick", "astronaut", "chelsea", "coffee", "rocket")
 
 #: (label, pre-training group, fit keyword arguments shared with the aSeqDIP partner,
 #:  UGoDIT-only keyword arguments, network_args override or None)
 VARIANTS: List[Tuple[str, str, Dict[str, Any], Dict[str, Any], Optional[Dict[str, Any]]]] = [
     ("default", "default", {}, {}, None),
     ("M = 1 (real brain only)", "brain_only", {}, {}, None),
-    ("M = 2", "M2", {}, {}, None),
-    ("M = 8", "M8", {}, {}, None),
+    ("M = 8 (default + 5 photographs)", "M8", {}, {}, None),
     ("far data (photographs only)", "photos_only", {}, {}, None),
     ("pre-training 1/4 as long", "short", {}, {}, None),
     ("untrained encoder (1 pre-training step)", "untrained", {}, {}, None),
     ("encoder BatchNorm eval", "default", {}, {"encoder_bn": "eval"}, None),
-    ("lambda = 0.5", "default", {"lam": 0.5}, {}, None),
-    ("lambda = 0.1", "default", {"lam": 0.1}, {}, None),
+    ("lambda = 4", "default", {"lam": 4.0}, {}, None),
+    ("lambda = 0.2", "default", {"lam": 0.2}, {}, None),
     ("N = 1", "default", {"update_every": 1}, {}, None),
     ("data-consistent input update", "default", {"input_update": "data_consistent"}, {}, None),
     ("notebooks: l2 norm, data-consistent update, N = 1", "default",
      {"loss_norm": "l2", "input_update": "data_consistent", "update_every": 1}, {}, None),
     ("fit lr 1e-3", "default", {"lr": 1e-3}, {}, None),
-    ("lambda = 0.1, lr 1e-3 (pre-training too)", "lam0.1_lr1e-3", {"lam": 0.1, "lr": 1e-3}, {}, None),
     ("authors' EMA (every N steps, from zeros)", "default", {"ema_variant": "authors"}, {}, None),
 ]
 WIDE = {"channels": [32, 64, 128, 128]}
@@ -87,15 +85,13 @@ QUICK_VARIANTS = ["default", "untrained encoder (1 pre-training step)", "M = 1 (
                   "far data (photographs only)", "encoder BatchNorm eval", "data-consistent input update",
                   "authors' EMA (every N steps, from zeros)"]
 
-_BASE = {k: v for k, v in MRI_PRESETS["quick"].items()}
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "tiny": dict(MRI_PRESETS["tiny"], variants=["default", "encoder BatchNorm eval", "lambda = 0.5"],
-                 pretrainings_m8=1),
-    "quick": dict(_BASE, variants=QUICK_VARIANTS, pretrainings_m8=7),
-    "full": dict(MRI_PRESETS["full"], variants=[v[0] for v in VARIANTS] + ["width 32 (vs width 16)"],
-                 pretrainings_m8=7),
+    "tiny": dict(MRI_PRESETS["tiny"], problem="brain 48x40 4x", variants=["default", "encoder BatchNorm eval",
+                                                                          "lambda = 4"]),
+    "quick": dict(MRI_PRESETS["quick"], problem="brain 96x72 4x", variants=QUICK_VARIANTS),
+    "full": dict(MRI_PRESETS["full"], problem="brain 230x180 4x",
+                 variants=[v[0] for v in VARIANTS] + ["width 32 (vs width 16)"]),
 }
-ACCELERATION, CENTER_FRACTION = 4.0, 0.08
 
 
 def _variant(label: str) -> Tuple[str, str, Dict[str, Any], Dict[str, Any], Optional[Dict[str, Any]]]:
@@ -107,18 +103,17 @@ def _variant(label: str) -> Tuple[str, str, Dict[str, Any], Dict[str, Any], Opti
     raise ValueError(f"unknown transfer-study variant {label!r}; known: {[v[0] for v in VARIANTS]}")
 
 
-def _fit(name: str, settings: Dict[str, Any], problem: Dict[str, Any], support, weights: Optional[Path], seed: int,
+def _fit(name: str, settings: Dict[str, Any], batch: Dict[str, Any], support, weights: Optional[Path], seed: int,
          extra: Dict[str, Any], device: str) -> Dict[str, Any]:
     """One fit with its EMA/last curves on the RSS target."""
-    method = _network_method(name, settings, weights, seed, extra)
+    method = network_method(name, settings, weights, seed, extra)
     steps = int(settings["steps"])
-    targets = {"rss": problem["targets"]["rss"]}
-    tracker = CurveTracker(targets, _metric_fn_for(support), int(settings["eval_every"]), steps)
-    seconds = fit_method(method, problem["batch"], steps, callbacks=[tracker.callback()], device=device)
+    tracker = CurveTracker({"rss": batch["target"]}, _curve_metrics(support), int(settings["eval_every"]), steps)
+    seconds = fit_method(method, batch, steps, callbacks=[tracker.callback()], device=device)
     curves = tracker.curves["rss"]
     return {
-        "final_psnr": _metrics(method.reconstruction, targets, support)["rss"]["psnr"],
-        "final_psnr_last": _metrics(method.current_output, targets, support)["rss"]["psnr"],
+        "final_psnr": problem_metrics(method.reconstruction, batch["target"], support)["psnr"],
+        "final_psnr_last": problem_metrics(method.current_output, batch["target"], support)["psnr"],
         "best_psnr": max(curves["ema"]["psnr"]),
         "seconds": seconds,
         "curve": {"steps": curves["ema"]["steps"], "psnr": [round(v, 4) for v in curves["ema"]["psnr"]]},
@@ -126,13 +121,24 @@ def _fit(name: str, settings: Dict[str, Any], problem: Dict[str, Any], support, 
     }
 
 
-def _at(curve: Dict[str, List[float]], step: int) -> Optional[float]:
-    """The curve's value at the last evaluated step <= ``step``."""
-    value = None
-    for s, v in zip(curve["steps"], curve["psnr"]):
-        if s <= step:
-            value = v
-    return value
+def _group(key: Tuple[str, int], root: Path, folder: Path, seed: int) -> Tuple[List[Tuple[str, int]], str]:
+    """The (file, slice) pairs of a pre-training group of ``PRETRAININGS``, and what they are."""
+    base, photos = key
+    if base == "default":
+        pairs, text = pretraining_group("4x", root, folder, seed)
+    elif base == "brain":
+        pairs, text = [(str(root / panel.PRETRAIN_BRAIN_FILE), 0)], "the real sigpy brain"
+    else:
+        pairs, text = [], ""
+    if photos:
+        from ugodit_pl.datamodules import make_mri_demo
+
+        names = PHOTOS[:photos]
+        files = make_mri_demo(folder / f"photos{photos}", num_files=1, num_slices=photos, size=(230, 180), seed=seed,
+                              names=names)
+        pairs = pairs + [(str(files[0]), i) for i in range(photos)]
+        text = (text + " and " if text else "") + f"{photos} scikit-image photographs {list(names)} simulated into k-space"
+    return pairs, text
 
 
 def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *, data: Optional[Path] = None,
@@ -153,35 +159,31 @@ def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *,
     with tempfile.TemporaryDirectory(prefix="ugodit-transfer-") as scratch:
         scratch_path = Path(scratch)
         cache = str(scratch_path / "coil_maps")
-        problem = test_problem(root, ACCELERATION, CENTER_FRACTION, settings, cache, seed)
-        support = support_of(problem["batch"])
+        entry = panel.named(settings["problem"])
+        folder = scratch_path / "data"
+        batch = panel.test_batch(entry, root, folder, cache=cache, coil_map_args=settings["coil_map_args"])
+        support = panel.support_of(batch)
         weights: Dict[str, Path] = {}
         for label in labels:
             _, group, shared, ugodit_only, net_args = _variant(label)
             run_settings = dict(settings, network_args=net_args) if net_args else settings
             key = group + ("_wide" if net_args else "")
             if key not in weights:
-                real, demo, fraction, kwargs = PRETRAININGS[group]
-                if group == "M8":
-                    demo = int(settings["pretrainings_m8"])
-                group_settings = dict(run_settings, num_demo=settings["num_demo"] if demo is None else demo,
-                                      pretrain_steps=max(1, int(round(settings["pretrain_steps"] * fraction))))
-                names = list(MRI_PRESETS["full"]["demo_names"]) + ["astronaut", "chelsea", "coffee", "rocket"]
-                group_settings["demo_names"] = tuple(names[: group_settings["num_demo"]])
-                folder = scratch_path / f"demo_{key}"
-                files = pretraining_files(root, folder, group_settings, seed, include_real=real)
+                members, fraction = PRETRAININGS[group]
+                pairs, text = _group(members, root, folder, seed)
                 path = scratch_path / f"encoder_{key}.pt"
-                info = pretrain_ugodit(files, root, ACCELERATION, CENTER_FRACTION, group_settings, path, cache, seed,
-                                       device, kwargs)
+                steps_pre = max(1, int(round(settings["pretrain_steps"] * fraction)))
+                info = pretrain(entry["undersampling"], pairs, run_settings, path, steps_pre, cache, seed, device)
+                info["group"] = text
                 weights[key] = path
                 pretrain_info[key] = info
                 log(f"transfer-study: pre-training {key}: M={info['M']} {info['steps']} steps {info['seconds']:.0f} s")
             aseq_key = repr(sorted(shared.items())) + repr(net_args)
             if aseq_key not in aseq_runs:
-                aseq_runs[aseq_key] = _fit("aseqdip", run_settings, problem, support, None, seed, shared, device)
+                aseq_runs[aseq_key] = _fit("aseqdip", run_settings, batch, support, None, seed, shared, device)
                 log(f"transfer-study: aSeqDIP {shared or 'defaults'}: {aseq_runs[aseq_key]['final_psnr']:.2f} dB")
             partner = aseq_runs[aseq_key]
-            run = _fit("ugodit", run_settings, problem, support, weights[key], seed, dict(shared, **ugodit_only), device)
+            run = _fit("ugodit", run_settings, batch, support, weights[key], seed, dict(shared, **ugodit_only), device)
             level = partner["final_psnr"]
             entry = {
                 "label": label, "pretraining": key, "fit_kwargs": dict(shared, **ugodit_only),
@@ -205,9 +207,9 @@ def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *,
         plot_curves(curves, Path(out_dir) / "transfer-study.png",
                     title="UGoDIT variants vs aSeqDIP: PSNR (RSS target) of the EMA output, 4x")
     return {
-        "description": (f"Real brain, 4x, {settings['crop']} crop, U-Net {settings['network_args']['channels']}, "
+        "description": (f"{settings['problem']}, U-Net {settings['network_args']['channels']}, "
                         f"{steps} fit steps, pre-training {settings['pretrain_steps']} steps (unless the variant "
                         f"changes it). advantage = UGoDIT - aSeqDIP under the same fit settings."),
-        "settings": settings, "early_step": early, "problem": problem["info"],
+        "settings": settings, "early_step": early, "problem": entry,
         "pretraining": pretrain_info, "variants": variants, "total_seconds": time.perf_counter() - start,
     }
