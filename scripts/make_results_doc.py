@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from ugodit_pl.apps.benchmarks.cli import timing_note  # noqa: E402
+from ugodit_pl.apps.benchmarks.mri_quality import summarise  # noqa: E402
 
 #: Hand-written record of the default changes, with the before/after figures and the files they come from.
 DECISIONS = "decisions.md"
@@ -103,7 +104,7 @@ def mri_section(doc: Dict[str, Any]) -> str:
     ]
     for note in result.get("notes", []):
         out.append(f"\n- {note}")
-    for label, group in result.get("summary", {}).items():
+    for label, group in summarise(result["problems"]).items():
         out.append(f"\n#### {label}: mean over {len(group['problems'])} problems ({', '.join(group['problems'])})\n")
         rows = []
         for key, text in MRI_ROWS:
@@ -117,6 +118,9 @@ def mri_section(doc: Dict[str, Any]) -> str:
         out.append(table(["method", "mean PSNR", "mean SSIM", "vs zero-filled (mean / worst)",
                           "vs L1-wavelet (mean / worst)", "vs tuned L1 (mean / worst)",
                           "worst PSNR(T) - PSNR(T/2)"], rows, 3))
+        for pair, changes in group.get("size_change", {}).items():
+            out.append(f"\nSize: the margin over L1-wavelet from {pair} changes by " + ", ".join(
+                f"{name} {value:+.2f}" for name, value in changes.items()) + " dB.")
     for name, problem in result["problems"].items():
         p = problem["problem"]
         out.append(f"\n#### {name}: {p['what']}; {p['mask']}, centre fraction {p['center_fraction']:.3f}, sampled "
@@ -244,7 +248,7 @@ def summary(docs: List[Any]) -> List[str]:
         suite, r = doc["suite"], doc["result"]
         where = f"[{path.name}, preset {doc['preset']}]"
         if suite == "mri-quality":
-            for label, group in r.get("summary", {}).items():
+            for label, group in summarise(r["problems"]).items():
                 rows = group["methods"]
                 parts = []
                 for key in ("aseqdip", "ugodit", "ugodit_untrained", "self_guided_dip", "dip"):

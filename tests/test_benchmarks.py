@@ -187,6 +187,26 @@ def test_mri_quality_suite_tiny(tmp_path, shared_data):
     assert document["plots"] == ["mri-quality_brain_48x40_4x.png", "mri-quality_head_64x64_8x.png"]
 
 
+def test_mri_quality_summary_margins_and_size_change():
+    from ugodit_pl.apps.benchmarks.mri_quality import summarise
+
+    def problem(name, shape, psnrs):
+        methods = {key: {"kind": "classical" if key.startswith("l1") else "network",
+                         "metrics": {"psnr": value, "ssim": 0.5}} for key, value in psnrs.items()}
+        return {"problem": {"name": name, "anatomy": name.split()[0], "shape": list(shape), "acceleration": 4.0},
+                "methods": methods}
+
+    problems = {"brain 48x40 4x": problem("brain 48x40 4x", (48, 40), {"l1_wavelet": 20.0, "aseqdip": 21.0}),
+                "brain 96x80 4x": problem("brain 96x80 4x", (96, 80), {"l1_wavelet": 22.0, "aseqdip": 22.5}),
+                "head 64x64 4x": problem("head 64x64 4x", (64, 64), {"l1_wavelet": 25.0, "aseqdip": 27.0})}
+    group = summarise(problems)["4x"]
+    margin = group["methods"]["aseqdip"]["margin_l1_wavelet"]
+    assert margin["mean"] == pytest.approx((1.0 + 0.5 + 2.0) / 3) and margin["worst"] == pytest.approx(0.5)
+    assert group["methods"]["aseqdip"]["mean_psnr"] == pytest.approx((21.0 + 22.5 + 27.0) / 3)
+    # the larger brain costs 0.5 dB of margin; no pair across anatomies
+    assert group["size_change"] == {"brain 48x40 4x -> brain 96x80 4x": {"aseqdip": pytest.approx(-0.5)}}
+
+
 def test_mri_quality_two_worker_processes_give_the_one_process_results(tmp_path, shared_data):
     subset = ["--set", 'problems=["brain 48x40 4x"]', "--set", 'methods=["aseqdip"]']
     one = _run("mri-quality", tmp_path / "one", shared_data, *subset)

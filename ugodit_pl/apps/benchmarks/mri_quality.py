@@ -32,7 +32,10 @@ full budget minus the PSNR at half of it (negative = a doubled budget costs). Th
 method the mean and the worst PSNR margin over the panel against zero-filled, CG-SENSE, L1-wavelet
 and tuned L1-wavelet, per undersampling.
 
-``workers`` (a preset entry): fits run in that many processes, one thread each (2 on a 2-core CPU).
+``method_args`` and ``pretrain_args`` (preset entries, default none) give extra keyword arguments per
+method and to ``UGoDITPretrain`` (e.g. ``--set 'method_args={"aseqdip": {"residual": false}}'`` for
+the papers' network); they are recorded with the settings. ``workers``: fits run in that many
+processes (2 on a 2-core CPU, one thread each; 4 sharing the GPU in ``full``).
 
 >>> PRESETS["quick"]["panel"], PRESETS["quick"]["steps"]
 ('quick', 600)
@@ -67,19 +70,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "panel": "tiny", "network_args": {"channels": [4, 8, 8, 8]}, "steps": 4, "pretrain_steps": 3,
         "pretrain_crop": (64, 64), "eval_every": 2, "coil_map_args": {"kernel_width": 4}, "sense_iter": 4,
         "l1_iter": 8, "l1_grid": [1e-3, 1e-2], "methods": METHODS, "workers": 1, "method_args": {},
-        "es_args": {"window": 2, "patience": 2},
+        "es_args": {"window": 2, "patience": 2}, "pretrain_args": {},
     },
     # about 40 min on 2 CPU cores: six problems up to 144 x 112, width-16 U-Net, 600 steps
     "quick": {
         "panel": "quick", "network_args": {"channels": [16, 32, 64, 64]}, "steps": 600, "pretrain_steps": 600,
         "pretrain_crop": (96, 72), "eval_every": 30, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
         "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 2, "method_args": {}, "es_args": {},
+        "pretrain_args": {},
     },
-    # the papers' setting (for a GPU): full slices, the authors' U-Net width, 3000 steps
+    # the papers' setting (for a GPU, not run yet): full slices, the authors' U-Net width, 3000 steps
     "full": {
         "panel": "full", "network_args": {"channels": [64, 128, 256, 256]}, "steps": 3000, "pretrain_steps": 3000,
         "pretrain_crop": (128, 96), "eval_every": 100, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
-        "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 1, "method_args": {}, "es_args": {},
+        "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 4, "method_args": {}, "es_args": {},
+        "pretrain_args": {},
     },
 }
 
@@ -280,7 +285,8 @@ def pretrain(undersampling: str, pairs: List[Tuple[str, int]], settings: Dict[st
     dm.setup("fit", rank=0, world_size=1)
     batch = dm.batch
     method = UGoDITPretrain(num_measurements=len(batch["name"]), network="unet",
-                            network_args=dict(settings["network_args"]), seed=seed, weights_path=str(out_path))
+                            network_args=dict(settings["network_args"]), seed=seed, weights_path=str(out_path),
+                            **dict(settings.get("pretrain_args") or {}))
     seconds = fit_method(method, batch, int(steps), device=device)
     return {"measurements": list(batch["name"]), "M": len(batch["name"]), "steps": int(steps), "seconds": seconds,
             "crop": list(settings["pretrain_crop"]), "settings": describe(method)}
@@ -441,7 +447,28 @@ def summarise(problems: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
             if all(c is not None for c in changes):
                 row["budget_change_worst"] = min(changes)
             table[name] = row
-        out[label] = {"problems": [p["problem"]["name"] for p in members], "methods": table}
+        out[label] = {"problems": [p["problem"]["name"] for p in members], "methods": table,
+                      "size_change": _size_change(members)}
+    return out
+
+
+def _size_change(members: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Per pair of problems of one anatomy at two sizes (smaller first) and per method: the change of the
+    PSNR margin over L1-wavelet from the smaller to the larger size (negative = the larger size costs)."""
+    out: Dict[str, Dict[str, float]] = {}
+    for small in members:
+        for large in members:
+            a, b = small["problem"], large["problem"]
+            if a["anatomy"] != b["anatomy"] or a["shape"][0] * a["shape"][1] >= b["shape"][0] * b["shape"][1]:
+                continue
+            if "l1_wavelet" not in small["methods"] or "l1_wavelet" not in large["methods"]:
+                continue
+            pair = {}
+            for name, entry in small["methods"].items():
+                if entry["kind"] == "network" and name in large["methods"]:
+                    margin = lambda p: p["methods"][name]["metrics"]["psnr"] - p["methods"]["l1_wavelet"]["metrics"]["psnr"]  # noqa: E731
+                    pair[name] = margin(large) - margin(small)
+            out[f"{a['name']} -> {b['name']}"] = pair
     return out
 
 
