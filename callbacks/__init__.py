@@ -2,6 +2,8 @@
 
 - :class:`WMVEarlyStopping`: ES-WMV early stopping (windowed moving variance, no ground truth);
 - :class:`ReconstructionMetrics`: PSNR / SSIM / NMSE against ``batch["target"]`` while fitting;
+- :class:`ReconstructionImages`: the reconstruction, target and error map as images in the logger
+  (TensorBoard's ``add_image``; PNG files in the log folder for other loggers);
 - :class:`TransferableWeightsCheckpoint`: writes UGoDIT's transferable weights (latest, periodic, best);
 - :class:`DivergenceRollback`: restores the last good state on a NaN or a loss jump;
 - :class:`ReconstructionWriter`: fastMRI-format HDF5 volumes / PNGs, resumable over chunks of slices.
@@ -21,12 +23,14 @@ from ugodit_pl._lazy import lazy_getattr
 _NAMES = {
     "WMVEarlyStopping": ".early_stopping",
     "ReconstructionMetrics": ".metrics",
+    "ReconstructionImages": ".images",
     "TransferableWeightsCheckpoint": ".transferable",
     "DivergenceRollback": ".rollback",
     "ReconstructionWriter": ".writer",
 }
 if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
     from .early_stopping import WMVEarlyStopping
+    from .images import ReconstructionImages
     from .metrics import ReconstructionMetrics
     from .rollback import DivergenceRollback
     from .transferable import TransferableWeightsCheckpoint

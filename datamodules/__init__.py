@@ -3,8 +3,8 @@
 - :class:`FastMRIDataModule`: multi-coil / single-coil MRI slices from fastMRI-format HDF5 files;
 - :class:`DegradedImageDataModule`: natural images degraded by a DPS forward model (or already degraded);
 - :func:`collate_measurements`: per-measurement dicts -> the batch dict of docs/ARCHITECTURE.md;
-- :func:`demo_images`, :func:`make_mri_demo`: demo data from scikit-image's bundled photographs
-  (nothing downloaded);
+- :func:`demo_images`, :func:`make_mri_demo`: demo data from scikit-image's bundled photographs,
+  :func:`make_real_mri_demo`: real MRI slices that matplotlib and nibabel ship (nothing downloaded);
 - :class:`DataError`: the error raised for unusable data (a ``ValueError``).
 
 Names load on first use, so importing one does not import the others.
@@ -28,12 +28,13 @@ _NAMES = {
     "OPERATOR_NAMES": ".images",
     "demo_images": ".demo",
     "make_mri_demo": ".demo",
+    "make_real_mri_demo": ".demo",
     "stable_seed": ".seeding",
 }
 if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
     from .base import MeasurementDataModule, RepeatedBatch
     from .collate import collate_measurements
-    from .demo import demo_images, make_mri_demo
+    from .demo import demo_images, make_mri_demo, make_real_mri_demo
     from .errors import DataError
     from .fastmri import FastMRIDataModule
     from .images import DegradedImageDataModule, OPERATOR_NAMES

@@ -4,8 +4,10 @@ Nothing is downloaded: the images are files that the installed wheels ship (read
 there; ``skimage.data``'s loader functions, which may fetch files with pooch, are never called).
 
 - :func:`real_mri_slices`: real MRI magnitude images: matplotlib's sample head MRI (``"s1045"``, one
-  sagittal T1-weighted slice, 256 x 256; matplotlib is a dependency) and nibabel's test volume
-  (``"example4d"``, 24 adjacent axial echo-planar brain slices, 128 x 96; needs nibabel).
+  sagittal T1-weighted slice, 256 x 256) and nibabel's test volume (``"example4d"``, 24 adjacent
+  axial echo-planar brain slices, 128 x 96); both packages are dependencies.
+- :func:`make_real_mri_demo`: those real slices, padded to a square and resized, simulated into one
+  multi-coil file (the MRI demo's data).
 - :func:`write_simulated_mri` turns magnitude images into a fastMRI-format HDF5 file, so that
   simulated data go through the same reader as real data: each slice (magnitude, max 1) gets a
   smooth random phase, is multiplied by birdcage coil sensitivities (``sigpy.mri.birdcage_maps``,
@@ -47,6 +49,7 @@ __all__ = [
     "bundled_image_names",
     "demo_images",
     "make_mri_demo",
+    "make_real_mri_demo",
     "real_mri_slices",
     "write_simulated_mri",
 ]
@@ -218,15 +221,51 @@ def real_mri_slices(source: str) -> np.ndarray:
             pixels = np.frombuffer(stream.read(), dtype="<u2")
         return pixels.reshape(1, 256, 256).astype(np.float32)
     if source == "example4d":
-        try:
-            import nibabel
-        except ImportError:
-            raise DataError("the 'example4d' MRI volume is nibabel's test data: pip install nibabel "
-                            "(or ugodit-pl[bench])") from None
+        import nibabel
+
         path = Path(nibabel.__file__).resolve().parent / "tests" / "data" / "example4d.nii.gz"
         volume = np.asarray(nibabel.load(path).dataobj, dtype=np.float32)[..., 0]  # (128, 96, 24), first volume
         return np.ascontiguousarray(np.moveaxis(volume, -1, 0))
     raise DataError(f"unknown real MRI source {source!r}; known: {', '.join(REAL_MRI_SOURCES)}")
+
+
+def make_real_mri_demo(
+    path: str | os.PathLike,
+    slices: Sequence[tuple[str, int]],
+    size: int = 96,
+    *,
+    num_coils: int = 8,
+    seed: int = 0,
+    noise_std: float = 0.011,
+) -> Path:
+    """Write the real MRI slices ``slices`` ((source, index) pairs of :func:`real_mri_slices`) as one
+    simulated ``num_coils``-coil fastMRI-format file, each zero-padded to a square and resized to
+    ``size`` x ``size`` (bicubic, anti-aliased), in the order given.
+
+    >>> import tempfile
+    >>> path = make_real_mri_demo(Path(tempfile.mkdtemp()) / "d.h5", [("s1045", 0), ("example4d", 12)], size=32)
+    >>> import h5py; h5py.File(path)["kspace"].shape
+    (2, 8, 32, 32)
+    """
+    from skimage.transform import resize
+
+    if int(size) < 8 or not slices:
+        raise ValueError(f"need size >= 8 and at least one slice, got size {size} and {len(slices)} slices")
+    images, names = [], []
+    for source, index in slices:
+        volume = real_mri_slices(source)
+        if not 0 <= int(index) < len(volume):
+            raise DataError(f"real MRI source {source!r} has {len(volume)} slices, got index {index}")
+        image = np.clip(volume[int(index)], 0.0, None)
+        side = max(image.shape)
+        rows, cols = side - image.shape[0], side - image.shape[1]
+        image = np.pad(image, ((rows // 2, rows - rows // 2), (cols // 2, cols - cols // 2)))
+        image = resize(image, (int(size), int(size)), order=3, anti_aliasing=side > int(size), mode="constant")
+        images.append(np.clip(image, 0.0, None))
+        names.append(f"{source}[{index}]")
+    return write_simulated_mri(path, np.stack(images), num_coils=num_coils, seed=seed, noise_std=noise_std,
+                               source="real MRI " + ", ".join(names) + f" padded square, resized to {size}",
+                               acquisition="SIMULATED_FROM_REAL_MRI")
 
 
 def _grayscale(name: str, size: tuple[int, int], variant: int) -> np.ndarray:

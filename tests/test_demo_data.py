@@ -105,3 +105,28 @@ def test_mri_demo_goes_through_the_fastmri_reader(tmp_path: Path) -> None:
     assert test.batch["name"] == ["demo_mri_01.h5/slice_001"] and test.batch["index"].tolist() == [0]
     mask = batch["operator"].mask
     assert torch.count_nonzero(batch["y"] * (1 - mask.unsqueeze(1))) == 0
+
+
+def test_real_mri_demo_holds_the_real_slices_padded_and_resized(tmp_path: Path) -> None:
+    from skimage.transform import resize
+
+    from ugodit_pl.datamodules import make_real_mri_demo
+    from ugodit_pl.datamodules.demo import real_mri_slices
+
+    path = make_real_mri_demo(tmp_path / "real.h5", [("s1045", 0), ("example4d", 12)], size=48, noise_std=0.0)
+    with h5py.File(path) as handle:
+        assert handle["kspace"].shape == (2, 8, 48, 48) and handle.attrs["acquisition"] == "SIMULATED_FROM_REAL_MRI"
+        assert "s1045[0], example4d[12]" in handle.attrs["source"]
+        rss = handle["reconstruction_rss"][()]
+    # without noise the RSS image is the real image, padded to a square and resized (max 1)
+    epi = real_mri_slices("example4d")[12]
+    assert epi.shape == (128, 96)
+    padded = np.pad(epi, ((0, 0), (16, 16)))
+    expected = np.clip(resize(padded, (48, 48), order=3, anti_aliasing=True, mode="constant"), 0, None)
+    np.testing.assert_allclose(rss[1], expected / expected.max(), atol=1e-4)
+    assert rss[1][:, :5].max() < 0.02  # the padded columns stay empty: an MRI object inside its field of view
+    with pytest.raises(ValueError, match="'example4d' has 24 slices, got index 30"):
+        make_real_mri_demo(tmp_path / "bad.h5", [("example4d", 30)])
+    with pytest.raises(ValueError, match="unknown real MRI source 'knee'"):
+        make_real_mri_demo(tmp_path / "bad.h5", [("knee", 0)])
+    assert not (tmp_path / "bad.h5").exists()

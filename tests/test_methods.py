@@ -351,6 +351,14 @@ def test_a_residual_method_starts_from_its_input(make):
     assert not torch.allclose(method.fit_state.last, method.fit_state.inputs)
 
 
+def test_residual_by_default_for_the_image_input_unet_except_reference_guided_dip():
+    assert ASeqDIP(network="unet", network_args=TINY_UNET).residual is True
+    assert SelfGuidedDIP(network="unet", network_args=TINY_UNET).residual is True
+    assert ReferenceGuidedDIP(network="unet", network_args=TINY_UNET).residual is False  # it overfits: decision 6
+    assert DIP(network="unet", network_args=TINY_UNET).residual is False  # noise input
+    assert ASeqDIP(network="skip", network_args=TINY_SKIP).residual is False
+
+
 def test_residual_needs_an_image_input_and_an_unsquashed_output():
     with pytest.raises(ValueError, match="input_init='noise'"):
         DIP(network="unet", network_args=TINY_UNET, residual=True)

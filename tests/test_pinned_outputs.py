@@ -48,7 +48,7 @@ def pinned_outputs(task: str) -> Dict[str, Dict[str, List[float]]]:
         weights = str(Path(folder) / "encoder.pt")
         makers = {
             "DIP": lambda: DIP(network_args=dip_args, **common),
-            "ReferenceGuidedDIP": lambda: ReferenceGuidedDIP(network_args=args, **image_input),
+            "ReferenceGuidedDIP": lambda: ReferenceGuidedDIP(network_args=args, residual=task == "mri", **image_input),
             "SelfGuidedDIP": lambda: SelfGuidedDIP(network_args=args, num_draws=2, input_lr=1e-2, **image_input),
             "ASeqDIP": lambda: ASeqDIP(network_args=args, update_every=5, **image_input),
             "UGoDITPretrain": lambda: UGoDITPretrain(num_measurements=2, network_args=args, update_every=5,

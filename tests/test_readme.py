@@ -76,8 +76,8 @@ def test_readme_cli_examples_parse(capsys, monkeypatch):
 
 def test_demo_numbers_in_readme_match_the_documented_settings():
     section = README[README.index("## The demo"):README.index("## The command line")]
-    assert "64x64" in section and "200" in section
-    assert "PSNR" in section and "SSIM" in section and "seconds" in section
+    assert "96x96" in section and "250 steps" in section and "--quick" in section
+    assert "PSNR" in section and "SSIM" in section and "L1-wavelet" in section and "UGoDIT untrained" in section
 
 
 def test_the_lightning_example_runs(tmp_path, monkeypatch):
@@ -91,4 +91,6 @@ def test_the_lightning_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "readme" / "transferable_weights.pt").is_file()
     metrics, fit = namespace["metrics"], namespace["fit"]
     assert set(metrics.final) >= {"psnr", "ssim"}
-    assert tuple(fit.reconstruction.shape) == (1, 2, 64, 64)
+    assert tuple(fit.reconstruction.shape) == (1, 2, 96, 96)
+    written = sorted(p.name for p in (tmp_path / "runs" / "readme" / "images" / "step_000002").iterdir())
+    assert written == ["0_error.png", "0_reconstruction.png", "0_target.png"]

@@ -3,7 +3,7 @@
 Commands::
 
     ugodit fit|validate|test|predict --config configs/X.yaml [--key value ...]   (LightningCLI)
-    ugodit demo [--task mri|sr] [--out DIR] [--steps N] [--size S]
+    ugodit demo [--task mri|sr] [--quick] [--out DIR] [--steps N] [--size S]
     ugodit reconstruct --data PATH --weights FILE --out DIR [--steps N] [--config X.yaml]
     ugodit benchmark ...
 
@@ -47,7 +47,7 @@ LIGHTNING_COMMANDS: Dict[str, str] = {
     "predict": "the reconstructions of a finished fit, saved to predictions.pt (needs --ckpt_path)",
 }
 OTHER_COMMANDS: Dict[str, str] = {
-    "demo": "the one-command demo: UGoDIT vs aSeqDIP vs DIP vs the degraded input, in minutes on a CPU",
+    "demo": "the one-command demo: UGoDIT vs DIP, aSeqDIP and L1-wavelet on real MRI, in minutes on a CPU",
     "reconstruct": "reconstruct every slice of a folder of fastMRI files (or every image) with transferable weights",
     "benchmark": "the benchmarks (ugodit benchmark --help)",
 }

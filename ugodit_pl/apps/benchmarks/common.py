@@ -58,8 +58,9 @@ class CurveTracker:
         every: evaluation period in steps (the last step is always evaluated).
         max_steps: the run's length (to evaluate its last step).
 
-    After the fit, ``curves[target][output]`` is ``{"steps": [...], "psnr": [...], ...}`` with
-    ``output`` in ``("ema", "last")``, each value the mean over the batch's rows.
+    After the fit, ``curves[target][output]`` is ``{"steps": [...], "seconds": [...], "psnr": [...], ...}``
+    with ``output`` in ``("ema", "last")``, each value the mean over the batch's rows; "seconds" is the
+    fit's wall time from its start to that step, the tracker's own evaluations left out.
 
     It is a ``pl.Callback`` built lazily (``CurveTracker.callback()``) so that importing this module
     does not import Lightning.
@@ -76,10 +77,12 @@ class CurveTracker:
             name: {"ema": {"steps": []}, "last": {"steps": []}} for name in self.targets
         }
         self.eval_seconds = 0.0
+        self.started: Optional[float] = None  # set when the fit starts
 
     def record(self, step: int, outputs: Mapping[str, Optional[torch.Tensor]]) -> None:
         """Evaluate ``outputs`` (``{"ema": ..., "last": ...}``) against every target at ``step``."""
         start = time.perf_counter()
+        elapsed = start - (self.started if self.started is not None else start) - self.eval_seconds
         with torch.no_grad():
             for name, target in self.targets.items():
                 for kind, output in outputs.items():
@@ -88,6 +91,7 @@ class CurveTracker:
                     values = self.metric_fn(output.detach().float(), target.to(output.device).float())
                     curve = self.curves[name][kind]
                     curve["steps"].append(int(step))
+                    curve.setdefault("seconds", []).append(round(elapsed, 4))
                     for metric, value in values.items():
                         curve.setdefault(metric, []).append(float(value.float().mean()))
         self.eval_seconds += time.perf_counter() - start
@@ -99,6 +103,9 @@ class CurveTracker:
         tracker = self
 
         class _Callback(pl.Callback):
+            def on_train_start(self, trainer, pl_module) -> None:
+                tracker.started = time.perf_counter()
+
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
                 step = int(trainer.global_step)
                 if step % tracker.every == 0 or step == tracker.max_steps or step == 1:

@@ -255,19 +255,9 @@ def pretraining_group(undersampling: str, root: Path, folder: Path, seed: int = 
     """The (file, slice) pairs UGoDIT pre-trains on for ``undersampling``, and what they are.
 
     Never a test slice: the real sigpy brain (another scan) and EPI slices 4 and 20 (the neighbours of
-    the EPI test slice 12); without nibabel, two simulated scikit-image photographs replace the EPI slices.
+    the EPI test slice 12).
     """
     pairs = [(str(root / panel.PRETRAIN_BRAIN_FILE), 0)]
-    try:
-        import nibabel  # noqa: F401
-    except ImportError:
-        from ugodit_pl.datamodules import make_mri_demo
-
-        files = make_mri_demo(folder / "photos", num_files=1, num_slices=2, size=(230, 180), num_coils=8, seed=seed,
-                              names=("camera", "moon"))
-        return pairs + [(str(files[0]), 0), (str(files[0]), 1)], (
-            "the real sigpy brain (undersampled by its own 2-D Poisson mask) and 2 scikit-image photographs "
-            "(camera, moon) simulated into 8-coil k-space (nibabel not installed)")
     epi = panel.anatomy_file("epi", root, folder)
     return pairs + [(str(epi), 1), (str(epi), 2)], (
         f"the real sigpy brain (undersampled by its own 2-D Poisson mask) and EPI slices {panel.EPI_NEIGHBOURS} "
@@ -339,7 +329,7 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
     unknown = sorted(set(settings["methods"]) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-    entries, notes = panel.available(panel.PANELS[settings["panel"]])
+    entries, notes = list(panel.PANELS[settings["panel"]]), []
     if settings.get("problems"):
         entries = [e for e in entries if e["name"] in settings["problems"]]
         if not entries:

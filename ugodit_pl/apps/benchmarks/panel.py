@@ -12,8 +12,7 @@ Anatomies (``ANATOMIES``):
   simulated into 8-coil k-space (``write_simulated_mri``: birdcage maps, smooth random phase, complex
   noise 0.011 of the maximum per coil, as the real brain shows);
 - ``epi``: slice 12 of nibabel's test volume (``example4d.nii.gz``, axial echo-planar brain images,
-  128 x 96), simulated the same way (needs nibabel: ``pip install ugodit-pl[bench]``; left out, and
-  said so, without it). Slices 4 and 20 of that volume are its neighbours for group pre-training.
+  128 x 96), simulated the same way. Slices 4 and 20 of that volume are its neighbours for group pre-training.
 
 Undersampling (``UNDERSAMPLINGS``): ``4x`` = fastMRI's random columns with centre fraction 0.08;
 ``8x`` = equispaced columns with a centre of at least 8 columns (ESPIRiT needs a calibration region:
@@ -96,20 +95,6 @@ def anatomy_file(anatomy: str, root: Path, folder: Path) -> Path:
             note = f"nibabel tests/data/example4d.nii.gz slices {EPI_TEST_SLICE}, {EPI_NEIGHBOURS} (real MRI)"
         write_simulated_mri(path, slices, num_coils=8, seed=1, source=note, acquisition="SIMULATED_FROM_REAL_MRI")
     return path
-
-
-def available(panel: Sequence[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], List[str]]:
-    """The problems whose data can be had here, and a note per problem left out."""
-    kept, notes = [], []
-    for entry in panel:
-        if entry["anatomy"] == "epi":
-            try:
-                import nibabel  # noqa: F401
-            except ImportError:
-                notes.append(f"{entry['name']}: left out, it needs nibabel (pip install ugodit-pl[bench])")
-                continue
-        kept.append(entry)
-    return kept, notes
 
 
 def center_fraction(entry: Dict[str, Any]) -> float:
