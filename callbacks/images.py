@@ -15,8 +15,9 @@ map is shown on that scale times ``error_gain``. To every logger that takes imag
 (TensorBoard's ``SummaryWriter.add_image``, or any logger whose ``experiment`` has ``add_image``)
 the images go as (C, H, W) floats in [0, 1]; when no logger takes images (a CSV logger, or none),
 they are written as PNG files ``<log folder>/images/step_<step>/<row>_<kind>.png``, atomically (the
-log folder is the first logger's ``log_dir``, else the Trainer's ``default_root_dir``). Under DDP
-each process logs its own rows, named by ``batch["index"]``.
+log folder is the first logger's ``log_dir``, else the Trainer's ``default_root_dir``). Rows are
+named by ``batch["index"]``. Under DDP each process writes PNG files of its own rows, while a logger
+receives rank zero's rows only (Lightning's loggers write from rank zero).
 
 Usage::
 

@@ -275,8 +275,10 @@ def test_transfer_study_tiny(tmp_path, shared_data):
     document = _run("transfer-study", tmp_path, shared_data)
     result = document["result"]
     labels = [v["label"] for v in result["variants"]]
-    assert labels == ["default", "encoder BatchNorm eval", "lambda = 4"]
-    assert list(result["pretraining"]) == ["default"]  # one pre-training shared by the three variants
+    assert labels == ["default", "encoder BatchNorm eval", "lambda = 4", "untrained encoder (1 pre-training step)"]
+    # one pre-training shared by the first three variants, a second one (1 step) for the control
+    assert list(result["pretraining"]) == ["default", "untrained"] and result["pretraining"]["untrained"]["steps"] == 1
+    assert result["problem"]["name"] == "brain 48x40 4x"
     for v in result["variants"]:
         assert v["advantage_db"] == pytest.approx(v["final_psnr"] - v["aseqdip"]["final_psnr"])
         _check_curve(v["curve"], 4)

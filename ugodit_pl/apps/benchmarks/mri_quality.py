@@ -47,7 +47,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -251,7 +251,7 @@ def deepinv_available() -> bool:
 
 
 # --------------------------------------------------------------------------- UGoDIT pre-training
-def pretraining_group(undersampling: str, root: Path, folder: Path, seed: int = 0) -> Tuple[List[Tuple[str, int]], str]:
+def pretraining_group(undersampling: str, root: Path, folder: Path) -> Tuple[List[Tuple[str, int]], str]:
     """The (file, slice) pairs UGoDIT pre-trains on for ``undersampling``, and what they are.
 
     Never a test slice: the real sigpy brain (another scan) and EPI slices 4 and 20 (the neighbours of
@@ -355,7 +355,7 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
         weights: Dict[Tuple[str, bool], Path] = {}
         pre_tasks = []
         for undersampling in sorted({e["undersampling"] for e in entries}):
-            pairs, description = pretraining_group(undersampling, root, folder, seed)
+            pairs, description = pretraining_group(undersampling, root, folder)
             for untrained in (False, True):
                 wanted = "ugodit_untrained" if untrained else "ugodit"
                 if wanted not in methods:

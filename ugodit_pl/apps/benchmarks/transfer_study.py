@@ -86,8 +86,8 @@ QUICK_VARIANTS = ["default", "untrained encoder (1 pre-training step)", "M = 1 (
                   "authors' EMA (every N steps, from zeros)"]
 
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "tiny": dict(MRI_PRESETS["tiny"], problem="brain 48x40 4x", variants=["default", "encoder BatchNorm eval",
-                                                                          "lambda = 4"]),
+    "tiny": dict(MRI_PRESETS["tiny"], problem="brain 48x40 4x", variants=[
+        "default", "encoder BatchNorm eval", "lambda = 4", "untrained encoder (1 pre-training step)"]),
     "quick": dict(MRI_PRESETS["quick"], problem="brain 96x72 4x", variants=QUICK_VARIANTS),
     "full": dict(MRI_PRESETS["full"], problem="brain 230x180 4x",
                  variants=[v[0] for v in VARIANTS] + ["width 32 (vs width 16)"]),
@@ -125,7 +125,7 @@ def _group(key: Tuple[str, int], root: Path, folder: Path, seed: int) -> Tuple[L
     """The (file, slice) pairs of a pre-training group of ``PRETRAININGS``, and what they are."""
     base, photos = key
     if base == "default":
-        pairs, text = pretraining_group("4x", root, folder, seed)
+        pairs, text = pretraining_group("4x", root, folder)
     elif base == "brain":
         pairs, text = [(str(root / panel.PRETRAIN_BRAIN_FILE), 0)], "the real sigpy brain"
     else:
@@ -159,9 +159,9 @@ def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *,
     with tempfile.TemporaryDirectory(prefix="ugodit-transfer-") as scratch:
         scratch_path = Path(scratch)
         cache = str(scratch_path / "coil_maps")
-        entry = panel.named(settings["problem"])
+        problem = panel.named(settings["problem"])
         folder = scratch_path / "data"
-        batch = panel.test_batch(entry, root, folder, cache=cache, coil_map_args=settings["coil_map_args"])
+        batch = panel.test_batch(problem, root, folder, cache=cache, coil_map_args=settings["coil_map_args"])
         support = panel.support_of(batch)
         weights: Dict[str, Path] = {}
         for label in labels:
@@ -173,7 +173,7 @@ def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *,
                 pairs, text = _group(members, root, folder, seed)
                 path = scratch_path / f"encoder_{key}.pt"
                 steps_pre = max(1, int(round(settings["pretrain_steps"] * fraction)))
-                info = pretrain(entry["undersampling"], pairs, run_settings, path, steps_pre, cache, seed, device)
+                info = pretrain(problem["undersampling"], pairs, run_settings, path, steps_pre, cache, seed, device)
                 info["group"] = text
                 weights[key] = path
                 pretrain_info[key] = info
@@ -210,6 +210,6 @@ def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *,
         "description": (f"{settings['problem']}, U-Net {settings['network_args']['channels']}, "
                         f"{steps} fit steps, pre-training {settings['pretrain_steps']} steps (unless the variant "
                         f"changes it). advantage = UGoDIT - aSeqDIP under the same fit settings."),
-        "settings": settings, "early_step": early, "problem": entry,
+        "settings": settings, "early_step": early, "problem": problem,
         "pretraining": pretrain_info, "variants": variants, "total_seconds": time.perf_counter() - start,
     }
