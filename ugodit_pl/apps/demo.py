@@ -220,8 +220,11 @@ class Scorer:
         return {name: values[name].tolist() for name in ("psnr", "ssim")}
 
     def metric_fn(self, output: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """For ``CurveTracker``: the PSNR per row of ``output`` (``target`` is this scorer's)."""
-        return {"psnr": torch.tensor(self.metrics(output)["psnr"])}
+        """For ``CurveTracker``: the PSNR per row of ``output`` as ``metrics`` computes it, without SSIM
+        (``target`` is this scorer's)."""
+        from ugodit_pl.metrics import psnr
+
+        return {"psnr": psnr(self.shown(output), self.target, None if self.mri else 1.0)}
 
 
 # --------------------------------------------------------------------------------------------- results
