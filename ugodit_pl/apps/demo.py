@@ -55,6 +55,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.io import machine_info, write_json
 from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
 from ugodit_pl.atomic import atomic_path
@@ -198,11 +199,7 @@ class Scorer:
     def __init__(self, batch: Dict[str, Any], task: str) -> None:
         self.target = batch["target"].detach().float().cpu()
         self.mri = task == "mri"
-        if self.mri:
-            maps = batch["operator"].coil_maps.detach().cpu()
-            self.support = (maps.abs().pow(2).sum(dim=1, keepdim=True) > 0).float()
-        else:
-            self.support = torch.ones_like(self.target[:, :1])
+        self.support = panel.support_of(batch).detach().cpu() if self.mri else None
 
     def shown(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) support-masked magnitude (MRI) or (B, 3, H, W) clipped RGB."""

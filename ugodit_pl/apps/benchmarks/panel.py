@@ -130,11 +130,11 @@ def test_batch(entry: Dict[str, Any], root: Path, folder: Path, cache: Optional[
 
 
 def support_of(batch: Dict[str, Any]) -> torch.Tensor:
-    """(1, 1, H, W) float mask of the pixels the SENSE model sees: where the coil maps are not all zero.
+    """(B, 1, H, W) float mask of the pixels the SENSE model sees: where each row's coil maps are not all zero.
 
     ESPIRiT zeroes the maps outside the object (its eigenvalue ``crop``); there A ignores the image,
     so a network's output is unconstrained. Every reconstruction (classical or network) is scored
     after multiplication by this support, which is known without the ground truth.
     """
     maps = batch["operator"].coil_maps
-    return (maps.abs().pow(2).sum(dim=1, keepdim=True) > 0).float()[:1]
+    return (maps.abs().pow(2).sum(dim=1, keepdim=True) > 0).float()

@@ -33,16 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ugodit_pl.apps.benchmarks import panel
-from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, steps_to_reach
-from ugodit_pl.apps.benchmarks.mri_quality import (
-    PRESETS as MRI_PRESETS,
-    _at,
-    _curve_metrics,
-    network_method,
-    pretrain,
-    pretraining_group,
-    problem_metrics,
-)
+from ugodit_pl.apps.benchmarks.common import data_root, plot_curves, steps_to_reach
+from ugodit_pl.apps.benchmarks.mri_quality import PRESETS as MRI_PRESETS, _at, fit_network, pretrain, pretraining_group
 
 __all__ = ["PRESETS", "VARIANTS", "PRETRAININGS", "run_transfer_study"]
 
@@ -105,19 +97,12 @@ def _variant(label: str) -> Tuple[str, str, Dict[str, Any], Dict[str, Any], Opti
 
 def _fit(name: str, settings: Dict[str, Any], batch: Dict[str, Any], support, weights: Optional[Path], seed: int,
          extra: Dict[str, Any], device: str) -> Dict[str, Any]:
-    """One fit with its EMA/last curves on the RSS target."""
-    method = network_method(name, settings, weights, seed, extra)
-    steps = int(settings["steps"])
-    tracker = CurveTracker({"rss": batch["target"]}, _curve_metrics(support), int(settings["eval_every"]), steps)
-    seconds = fit_method(method, batch, steps, callbacks=[tracker.callback()], device=device)
-    curves = tracker.curves["rss"]
+    """One fit (``mri_quality.fit_network`` with ``extra`` keyword arguments) with its EMA/last curves."""
+    entry = fit_network(name, batch, support, dict(settings, method_args={name: extra}), weights, seed, device)[name]
     return {
-        "final_psnr": problem_metrics(method.reconstruction, batch["target"], support)["psnr"],
-        "final_psnr_last": problem_metrics(method.current_output, batch["target"], support)["psnr"],
-        "best_psnr": max(curves["ema"]["psnr"]),
-        "seconds": seconds,
-        "curve": {"steps": curves["ema"]["steps"], "psnr": [round(v, 4) for v in curves["ema"]["psnr"]]},
-        "curve_last": {"steps": curves["last"]["steps"], "psnr": [round(v, 4) for v in curves["last"]["psnr"]]},
+        "final_psnr": entry["metrics"]["psnr"], "final_psnr_last": entry["metrics_last"]["psnr"],
+        "best_psnr": max(entry["curve"]["psnr"]), "seconds": entry["seconds"],
+        "curve": entry["curve"], "curve_last": entry["curve_last"],
     }
 
 
