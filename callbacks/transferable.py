@@ -29,6 +29,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ugodit_pl.atomic import atomic_path
+from ugodit_pl.methods.base import logs_metrics_at
 
 MODES = ("min", "max")
 
@@ -42,9 +43,11 @@ class TransferableWeightsCheckpoint(pl.Callback):
         every_n_steps: also write the latest file every this many steps (None: only at the end).
         monitor: a logged metric (a key of ``trainer.callback_metrics``, e.g.
             ``"train/data_consistency"``); when set, the best value is tracked and the weights at
-            the best value are written to ``dirpath/best_<filename>``. It is checked every
-            ``every_n_steps`` steps (every step if ``every_n_steps`` is None; each improvement
-            writes a file, so set ``every_n_steps`` to limit the writes on large encoders).
+            the best value are written to ``dirpath/best_<filename>``. It is checked at the steps
+            where the method logs it (the first, the last and every ``log_every_n_steps``-th of the
+            Trainer, ``ugodit_pl.methods.base.logs_metrics_at``) that are also multiples of
+            ``every_n_steps`` when that is set; each improvement writes a file, so these settings limit
+            the writes on large encoders.
         mode: ``"min"`` or ``"max"``: whether a smaller or a larger ``monitor`` value is better.
         save_last: write ``dirpath/filename`` at the end of training.
 
@@ -158,7 +161,7 @@ class TransferableWeightsCheckpoint(pl.Callback):
     ) -> None:
         step = int(trainer.global_step)
         due = self.every_n_steps is not None and step % self.every_n_steps == 0
-        if self.monitor is not None and (self.every_n_steps is None or due):
+        if self.monitor is not None and (self.every_n_steps is None or due) and logs_metrics_at(trainer, step):
             self._check_monitor(trainer, pl_module)
         if due:
             self.save_now(trainer, pl_module)

@@ -102,6 +102,8 @@ CASES: List[Case] = [
     ("ema_decay 1", lambda d, c: fit(unet(ema_decay=1.0), mri_batch(), counter=c), ValueError, "ema_decay"),
     ("unknown optimizer argument", lambda d, c: fit(unet(optimizer_args={"momentum": 0.9}), mri_batch(), counter=c),
      ValueError, "optimizer_args"),
+    ("unknown compile argument", lambda d, c: fit(unet(compile={"modes": "max-autotune"}), mri_batch(), counter=c),
+     ValueError, "compile: unknown torch.compile argument"),
     ("y without batch dimension", lambda d, c: fit(unet(), {**mri_batch(), "y": mri_batch()["y"][0]}, counter=c),
      ValueError, "need a batch dimension"),
     ("8x8 k-space", lambda d, c: fit(unet(), mri_batch(size=8), counter=c), ValueError,

@@ -39,7 +39,7 @@ def test_latest_and_best_files_and_a_fit_from_them(tmp_path):
     ckpt = TransferableWeightsCheckpoint(tmp_path / "weights", every_n_steps=2, monitor=monitor)
     recorder = EncoderRecorder(monitor)
     method = pretrain()
-    trainer(5, [recorder, ckpt]).fit(method, loader(batch))
+    trainer(5, [recorder, ckpt], log_every_n_steps=1).fit(method, loader(batch))
 
     # the latest file: written at the end, holding the final encoder
     latest = load_transferable_weights(ckpt.last_path)

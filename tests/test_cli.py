@@ -198,8 +198,10 @@ def test_reconstruct_a_folder_then_resume_without_redoing(mri_folder, tiny_weigh
     summary = json.loads((out / "reconstruct_summary.json").read_text())
     assert [row["status"] for row in summary["items"]] == ["reconstructed"] * 4
     assert all(np.isfinite(row["psnr"]) for row in summary["items"])  # the demo files are fully sampled
+    assert summary["chunk_size"] == 3 and summary["items_per_hour"] == pytest.approx(4 * 3600 / summary["seconds"], 1e-2)
     out_text = capsys.readouterr().out
     assert "done demo_mri_01.h5/slice_001" in out_text
+    assert "this run: 4 slices in" in out_text and "slices per hour (chunks of 3)" in out_text
     # an interrupted run loses only its chunk in progress: remove one slice and rerun
     with h5py.File(out / "demo_mri_01.h5") as handle:
         kept = handle["reconstruction"][0]
@@ -220,6 +222,7 @@ def test_reconstruct_a_folder_then_resume_without_redoing(mri_folder, tiny_weigh
         np.testing.assert_array_equal(handle["reconstruction"][0], kept)
     summary = json.loads((out / "reconstruct_summary.json").read_text())
     assert [row["status"] for row in summary["items"]].count("already written") == 3
+    assert summary["items_per_hour"] == pytest.approx(3600 / summary["seconds"], 1e-2)  # the one slice of this run
 
 
 def test_reconstruct_images_with_a_config(tmp_path, capsys):

@@ -209,3 +209,72 @@ def test_batches_need_only_y_and_operator():
     method = ASeqDIP(num_measurements=2, network="unet", network_args=TINY_UNET)
     trainer(2).fit(method, loader(collated, 2))
     assert method.fit_state.names == ["measurement_0", "measurement_1"]
+
+
+# ------------------------------------------------------------------------------------------ per-step work
+class LoggingASeqDIP(ASeqDIP):
+    """ASeqDIP that records the step of every value it logs."""
+
+    def log(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.setdefault("logged", []).append((self.trainer.global_step + 1, name))
+        super().log(name, *args, **kwargs)
+
+
+def test_metrics_are_logged_at_the_first_last_and_every_nth_step():
+    method = LoggingASeqDIP(network="unet", network_args=TINY_UNET)
+    fitter = trainer(7, log_every_n_steps=3)
+    fitter.fit(method, loader(mri_batch(num=1, size=16), 7))
+    assert sorted({step for step, _ in method.logged}) == [1, 3, 6, 7]
+    assert {name for _, name in method.logged} == {"train/loss", "train/data_consistency"}
+    assert set(fitter.callback_metrics) == {"train/loss", "train/data_consistency"}
+
+
+class ScaleMeasurementInPlace(pl.Callback):
+    """Doubles the served measurement in place after the first step (the loader serves the same tensor)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 1:
+            batch["y"].mul_(2.0)
+
+
+def test_a_measurement_changed_in_place_between_steps_is_refused():
+    # the batch is checked in full once and then recognised by identity: an in-place change must
+    # still be noticed (its version counter), not hidden by that shortcut
+    method = ASeqDIP(network="unet", network_args=TINY_UNET)
+    with pytest.raises(ValueError, match=r"measurements of rows \[0\] differ from those the fit was set up with"):
+        trainer(3, callbacks=[ScaleMeasurementInPlace()]).fit(method, loader(mri_batch(num=1, size=16), 3))
+
+
+# ------------------------------------------------------------------------------------------ compile
+def _fit_last_output(steps: int = 3, **kwargs: Any) -> torch.Tensor:
+    method = ASeqDIP(network="unet", network_args=TINY_UNET, update_every=2, **kwargs)
+    trainer(steps).fit(method, loader(mri_batch(num=1, size=16), steps))
+    return method.current_output
+
+
+def test_a_compiled_network_fits_as_the_eager_one():
+    # dynamo traces the network (ModuleStack's bound template, the input update under no_grad); the
+    # "eager" backend runs the traced graph without Inductor, so CI needs no C++ compiler
+    torch._dynamo.reset()
+    compiled = _fit_last_output(compile={"backend": "eager"})
+    torch.testing.assert_close(compiled, _fit_last_output(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_network_that_cannot_be_compiled_runs_eagerly_with_one_warning():
+    with pytest.warns(UserWarning, match="torch.compile could not compile the network") as warned:
+        fallback = _fit_last_output(compile={"backend": "no_such_backend"})
+    assert sum("torch.compile" in str(w.message) for w in warned) == 1
+    torch.testing.assert_close(fallback, _fit_last_output(), rtol=0, atol=0)
+
+
+def test_a_fitted_method_pickles_and_goes_on_fitting():
+    # the per-step shortcuts (the checked batch, the checked rows) hold weak references, which do not pickle
+    import pickle
+
+    batch = mri_batch(num=1, size=16)
+    method = ASeqDIP(network="unet", network_args=TINY_UNET)
+    trainer(2).fit(method, loader(batch, 2))
+    copy = pickle.loads(pickle.dumps(method))
+    torch.testing.assert_close(copy.fit_state.last, method.fit_state.last, rtol=0, atol=0)
+    trainer(4).fit(copy, loader(batch, 4))
+    assert copy.fit_state.steps.tolist() == [6]

@@ -46,10 +46,15 @@ def _leaf(t):
     return None if t is None else t.detach().clone().requires_grad_(True)
 
 
-def _compare_with_loop(stack: ModuleStack, loop: Sequence[nn.Module], inputs: tuple, indices: List[int]) -> None:
-    """Outputs, parameter gradients, input gradients and running buffers of stack vs loop."""
+def _compare_with_loop(stack: ModuleStack, loop: Sequence[nn.Module], inputs: tuple, indices: List[int],
+                       pass_indices: bool = False) -> None:
+    """Outputs, parameter gradients, input gradients and running buffers of stack vs loop.
+
+    ``indices`` are passed to the stack unless they are all copies in order (and ``pass_indices`` is False).
+    """
     batched = [[_leaf(t) for t in arg] if isinstance(arg, (list, tuple)) else _leaf(arg) for arg in inputs]
-    kwargs = {} if indices == list(range(stack.num)) else {"indices": torch.tensor(indices)}
+    everyone = indices == list(range(stack.num)) and not pass_indices
+    kwargs = {} if everyone else {"indices": torch.tensor(indices)}
     before = {k: v.clone() for k, v in stack.named_buffers()}
     out = stack(*batched, **kwargs)
     probe = _randn(*out.shape, seed=99)
@@ -125,6 +130,28 @@ def test_full_network_stack_equals_loop():
     stack = ModuleStack(net, M, reinit=7)
     loop = [reinit_decoder_(copy.deepcopy(net), 7 + i) for i in range(M)]
     _compare_with_loop(stack, loop, (_randn(M, 2, 16, 16, seed=4),), list(range(M)))
+
+
+@pytest.mark.parametrize("pass_indices", [False, True])
+def test_a_stack_of_one_equals_its_module_over_two_steps(pass_indices):
+    # the one-copy path runs on views of the stacked tensors (no vmap): gradients and running
+    # statistics must reach the stack as they reach the module
+    net = UNet(**SMALL_UNET)
+    stack = ModuleStack(net, 1, reinit=5)
+    loop = [reinit_decoder_(copy.deepcopy(net), 5)]
+    for seed in (4, 5):
+        for p in list(stack.parameters()) + list(loop[0].parameters()):
+            p.grad = None
+        _compare_with_loop(stack, loop, (_randn(1, 2, 16, 16, seed=seed),), [0], pass_indices)
+
+
+def test_the_template_holds_no_weights_after_a_call_even_a_failing_one():
+    stack = ModuleStack(UNet(**SMALL_UNET), 2, reinit=0)
+    stack(_randn(2, 2, 16, 16))
+    with pytest.raises(RuntimeError):
+        stack(_randn(2, 3, 16, 16))  # 3 channels where the network takes 2: fails inside the network
+    tensors = list(stack.template.parameters()) + list(stack.template.buffers())
+    assert tensors and all(t.device.type == "meta" for t in tensors)
 
 
 def test_stack_with_missing_skip_passes_none_through():

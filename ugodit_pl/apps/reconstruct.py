@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -357,6 +358,7 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
     progress = progress_display(show_progress and main_process, console, description_width=40)
     done_now: Dict[str, Dict[str, Any]] = {}
     failed: List[str] = []
+    fitting = time.perf_counter()
     with progress or contextlib.nullcontext():
         overall = progress.add_task("items", total=len(plan.items), completed=len(plan.items) - len(pending)) \
             if progress is not None else None
@@ -379,7 +381,7 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
                     console.print(f"  done {name}: {metric} ({entry.get('seconds', 0.0):.1f} s)")
                 if progress is not None:
                     progress.update(overall, advance=len(chunk))
-    summary = summarize(plan, done_now, failed, writer)
+    summary = summarize(plan, done_now, failed, writer, seconds=time.perf_counter() - fitting)
     if main_process:
         write_json(plan.out / SUMMARY, summary)
         console.print(summary_table(summary))
@@ -398,9 +400,11 @@ def _describe_source(plan: Plan) -> str:
     return folders[0] if len(folders) == 1 else f"{len(folders)} folders"
 
 
-def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[str], writer) -> Dict[str, Any]:
-    """Every item with its status and the metrics stored with it (from this run or an earlier one), and for
-    MRI every volume's metrics in fastMRI's convention."""
+def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[str], writer,
+              seconds: float = 0.0) -> Dict[str, Any]:
+    """Every item with its status and the metrics stored with it (from this run or an earlier one), for
+    MRI every volume's metrics in fastMRI's convention, and this run's throughput: ``seconds`` of
+    reconstruction (reading, fitting and writing the chunks) and the items per hour it gives."""
     rows = []
     for item in plan.items:
         entry = dict(done_now.get(item.label) or writer.metrics(*_writer_key(item)) or {})
@@ -427,6 +431,9 @@ def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[
         "mean_psnr": round(sum(psnrs) / len(psnrs), 4) if psnrs else None,
         "mean_ssim": round(sum(ssims) / len(ssims), 4) if ssims else None,
         "volumes": volumes,
+        "chunk_size": plan.chunk_size,
+        "seconds": round(seconds, 3),
+        "items_per_hour": round(len(done_now) * 3600.0 / round(seconds, 3), 1) if done_now and seconds >= 1e-3 else None,
         "metrics": ("per item: PSNR / SSIM (/ NMSE) of each slice against its target with the slice's own maximum as "
                     "data range (mean_psnr, mean_ssim: their means); per volume: fastMRI's evaluate, the volume's "
                     "maximum as data range, PSNR over the whole volume"),
@@ -452,6 +459,11 @@ def summary_table(summary: Dict[str, Any]):
     for name, values in summary.get("volumes", {}).items():
         captions.append(f"volume {name}: PSNR {values['psnr']:.2f} dB, SSIM {values['ssim']:.3f} (fastMRI: the "
                         f"volume maximum as data range)")
+    if summary.get("items_per_hour"):
+        what = "slices" if summary["volumes"] or any("slice_" in row["name"] for row in summary["items"]) else "images"
+        done = sum(row["status"] == "reconstructed" for row in summary["items"])
+        captions.append(f"this run: {done} {what} in {summary['seconds']:.0f} s, {summary['items_per_hour']:.0f} {what} "
+                        f"per hour (chunks of {summary['chunk_size']})")
     table.caption = "\n".join(captions) or None
     return table
 

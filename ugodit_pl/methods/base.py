@@ -10,6 +10,7 @@ The loop, with the hooks it lives in (docs/ARCHITECTURE.md, "The fitting loop"):
                       out = f(z)                            forward (the method's networks)
                       loss = the method's objective         (DESIGN.md's table)
                       return end_step(step, loss, ...)      EMA and last output, step counters, logs
+                                                            (``logs_metrics_at``: every log_every_n_steps)
     Lightning         backward, gradient clipping, optimiser step (the weights; z of Self-Guided DIP)
 
 Each method's ``training_step`` is that sequence, next to its equation. Nothing happens in
@@ -32,9 +33,11 @@ Usage (any subclass)::
 
 from __future__ import annotations
 
+import inspect
 import warnings
+import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -98,6 +101,40 @@ def training_batch(trainer: pl.Trainer) -> Mapping[str, Any]:
         raise ValueError("the training dataloader is empty: it must serve the measurements to fit") from None
 
 
+def compile_arguments(compile: Union[bool, Mapping[str, Any], None]) -> Optional[Dict[str, Any]]:
+    """The ``torch.compile`` arguments a method's ``compile`` option asks for (None: no compilation).
+
+    >>> compile_arguments(False), compile_arguments(True), compile_arguments({"mode": "reduce-overhead"})
+    (None, {}, {'mode': 'reduce-overhead'})
+    """
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, Mapping):
+        known = set(inspect.signature(torch.compile).parameters) - {"model"}
+        unknown = sorted(set(compile) - known)
+        if unknown:
+            raise ValueError(f"compile: unknown torch.compile argument(s) {unknown}; it takes {sorted(known)}")
+        return dict(compile)
+    raise TypeError(f"compile must be True, False or a dict of torch.compile arguments, got {compile!r}")
+
+
+def logs_metrics_at(trainer: pl.Trainer, step: int) -> bool:
+    """Whether the methods log ``train/loss`` and ``train/data_consistency`` at optimiser step ``step`` (from 1).
+
+    The first step, the last (``max_steps``) and every ``trainer.log_every_n_steps``-th: the steps whose
+    values Lightning's loggers write. Between them ``trainer.callback_metrics`` and the progress bar
+    hold the latest logged values. Logging a value costs Lightning about 1 ms (and an all-reduce under
+    DDP), a few % of a small fit step; ``log_every_n_steps=1`` logs every step.
+
+    >>> class T: log_every_n_steps, max_steps = 10, 25
+    >>> [s for s in range(1, 26) if logs_metrics_at(T, s)]
+    [1, 10, 20, 25]
+    """
+    return step == 1 or step % max(1, int(trainer.log_every_n_steps)) == 0 or step >= int(trainer.max_steps)
+
+
 def measurement_fingerprints(y: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
     """(num_rows,) float64: sum |y_i| of each row's measurement (rows not in ``rows`` are 0).
 
@@ -110,6 +147,46 @@ def measurement_fingerprints(y: torch.Tensor, rows: torch.Tensor, num_rows: int)
 
 
 @dataclass
+class CheckedBatch:
+    """A training batch that ``begin_step`` has checked, and what it derived from it.
+
+    It recognises the batch by identity: the same ``y``, ``operator`` and ``index`` objects, with ``y``
+    not modified in place since (its version counter). A loader that builds new tensors every step is
+    checked every step. ``support`` is the operator's image support (None: the whole image); the
+    outputs are recorded inside it only (the data never constrain the pixels outside it, so what the
+    network puts there is arbitrary; the reconstructions are reported inside the support only and
+    the loss is unaffected).
+    """
+
+    parts: Tuple[Any, ...]  # weak references to y, the operator and the index (or None)
+    version: int
+    rows: torch.Tensor
+    row_list: List[int]
+    y: torch.Tensor
+    support: Optional[torch.Tensor]
+
+    @staticmethod
+    def _parts(batch: Mapping[str, Any]) -> Optional[Tuple[Any, ...]]:
+        index = batch.get("index")
+        if index is not None and not isinstance(index, torch.Tensor):
+            return None  # a list or tuple: no identity to rely on
+        return (weakref.ref(batch["y"]), weakref.ref(batch["operator"]), None if index is None else weakref.ref(index))
+
+    @classmethod
+    def of(cls, batch: Mapping[str, Any], rows: torch.Tensor, row_list: List[int], y: torch.Tensor,
+           support: Optional[torch.Tensor]) -> "CheckedBatch":
+        return cls(cls._parts(batch) or (), batch["y"]._version, rows, row_list, y, support)
+
+    def serves(self, batch: Mapping[str, Any]) -> bool:
+        """Whether ``batch`` is the checked one, unchanged."""
+        index = batch.get("index")
+        if not self.parts or (index is None) != (self.parts[2] is None) or not isinstance(index, (torch.Tensor, type(None))):
+            return False
+        same = self.parts[0]() is batch["y"] and self.parts[1]() is batch["operator"]
+        return same and (index is None or self.parts[2]() is index) and batch["y"]._version == self.version
+
+
+@dataclass
 class Step:
     """What one training step works on: this process's rows, their normalised measurements, their operator."""
 
@@ -118,6 +195,7 @@ class Step:
     counts: List[int]       # training steps each row has taken before this one
     y: torch.Tensor         # (B, ...) the measurements divided by their scales
     operator: Operator
+    support: Optional[torch.Tensor] = None  # (B|1, 1, H, W): where the outputs are recorded (None: everywhere)
 
 
 class ReconstructionMethod(pl.LightningModule):
@@ -155,6 +233,11 @@ class ReconstructionMethod(pl.LightningModule):
         input_init: how the input starts (see ``ugodit_pl.methods.inputs``).
         input_channels: channels of a noise input (default: the network's ``in_channels``).
         seed: seed of every random choice of the method (initialisation, noise).
+        compile: run the network through ``torch.compile`` (Inductor): True, or a dict of
+            ``torch.compile`` arguments (``{"mode": "max-autotune"}``, ``{"backend": "eager"}``). The first
+            steps wait for the compilation (about 30 s for the width-16 U-Net on a 2-core CPU), the later
+            ones run faster (x1.6 there, docs/RESULTS.md), so it pays for long fits and folders. Where the
+            network cannot be compiled, the fit warns once and runs it eagerly.
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).
@@ -179,6 +262,7 @@ class ReconstructionMethod(pl.LightningModule):
         input_init: str = "measurement",
         input_channels: Optional[int] = None,
         seed: int = 0,
+        compile: Union[bool, Dict[str, Any]] = False,
     ) -> None:
         super().__init__()
         check_loss_norm(loss_norm)
@@ -210,10 +294,19 @@ class ReconstructionMethod(pl.LightningModule):
                              "network_args need_sigmoid=False")
         self.input_channels = None if input_channels is None else whole("input_channels", input_channels, minimum=1)
         self.seed = whole("seed", seed, minimum=0)
+        self.compile_args = compile_arguments(compile)
+        self._compiled: Optional[Any] = None
         self.fit_state = FitState(trainable_inputs=self.optimises_inputs)
         self.final_output: Optional[torch.Tensor] = None
         self.last_index: Optional[torch.Tensor] = None
         self._complex_data = False
+        self._checked_batch: Optional[CheckedBatch] = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        state["_checked_batch"] = None  # weak references to a batch: not picklable, and only a shortcut
+        state["_compiled"] = None
+        return state
 
     # ----------------------------------------------------------------- what subclasses provide
     def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -236,8 +329,22 @@ class ReconstructionMethod(pl.LightningModule):
     def forward_rows(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """f(z) in the precision of the fitting state (mixed-precision networks return half floats);
         z + g(z) for a ``residual`` method."""
-        output = self.network_output(z, rows).to(self.fit_state.ema.dtype)
+        output = self._network_call(z, rows).to(self.fit_state.ema.dtype)
         return z + output if self.residual else output
+
+    def _network_call(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``network_output``, compiled when ``compile`` asks (eagerly, with one warning, where it cannot be)."""
+        if self.compile_args is None:
+            return self.network_output(z, rows)
+        try:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.network_output, **self.compile_args)
+            return self._compiled(z, rows)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager network still works
+            warnings.warn(f"{type(self).__name__}: torch.compile could not compile the network ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); running it without compiling")
+            self.compile_args = None
+            return self.network_output(z, rows)
 
     def data_term(self, output: torch.Tensor, step: Step) -> torch.Tensor:
         """||A f - y|| per measurement, in the chosen norm; the ``"mse"`` summed over the coils of multi-coil
@@ -299,6 +406,7 @@ class ReconstructionMethod(pl.LightningModule):
         self._check_network_input(z, batch)
         state = self.fit_state
         state.fingerprints = measurement_fingerprints(raw_y, rows, self.num_measurements)
+        self._checked_batch = None
         if state.fits(self.num_measurements, z.shape[1:], start.shape[1:]):
             return
         state.allocate(self.num_measurements, z.shape[1:], start.shape[1:], dtype=self.dtype, device=device)
@@ -362,7 +470,21 @@ class ReconstructionMethod(pl.LightningModule):
 
     # ----------------------------------------------------------------- the two ends of a step
     def begin_step(self, batch: Mapping[str, Any]) -> Step:
-        """Check the batch and return its rows with their normalised measurements."""
+        """Check the batch and return its rows with their normalised measurements.
+
+        A batch is checked in full once; the same tensors served again unchanged (a data module's
+        repeated batch) reuse that check, its rows and its normalised measurements, so that a step
+        spends no time or host synchronisation on them (``CheckedBatch``).
+        """
+        memo = self._checked_batch
+        if memo is None or not memo.serves(batch):
+            memo = self._check_step_batch(batch)
+            self._checked_batch = memo
+        counts = self.fit_state.steps[memo.row_list].tolist()
+        return Step(rows=memo.rows, row_list=memo.row_list, counts=counts, y=memo.y, operator=batch["operator"],
+                    support=memo.support)
+
+    def _check_step_batch(self, batch: Mapping[str, Any]) -> "CheckedBatch":
         self._check_batch_layout(batch)
         rows = self._index_of(batch)
         row_list = rows.tolist()
@@ -374,40 +496,32 @@ class ReconstructionMethod(pl.LightningModule):
                 f"this process was set up to fit rows {torch.nonzero(owned).flatten().tolist()} but a batch carries "
                 f"rows {row_list}: every training batch of a process must carry the same measurements (its shard)"
             )
-        y = batch["y"]
-        changed = ~torch.isclose(measurement_fingerprints(y, rows, self.num_measurements)[rows],
-                                 self.fit_state.fingerprints.to(y.device)[rows], rtol=1e-5, atol=0)
+        raw_y = batch["y"]
+        changed = ~torch.isclose(measurement_fingerprints(raw_y, rows, self.num_measurements)[rows],
+                                 self.fit_state.fingerprints.to(raw_y.device)[rows], rtol=1e-5, atol=0)
         if bool(changed.any()):
             raise ValueError(
                 f"the measurements of rows {rows[changed].tolist()} differ from those the fit was set up with: a loader "
                 f"must serve the same measurement under the same index at every step"
             )
+        y = raw_y
         if self._should_normalize(y):
             y = apply_scale(y, self.fit_state.scales[rows].float())  # y keeps its own precision
-        counts = self.fit_state.steps[row_list].tolist()
-        return Step(rows=rows, row_list=row_list, counts=counts, y=y, operator=batch["operator"])
+        support = batch["operator"].image_support()
+        return CheckedBatch.of(batch, rows, row_list, y, None if support is None else support.to(y.device))
 
     def end_step(self, step: Step, loss: torch.Tensor, data: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """Record the step's outputs (EMA, last), advance the rows' counters, log; return the loss to minimise."""
-        self._record_output(self._within_support(output.detach(), step.operator), step)
+        output = output.detach() if step.support is None else output.detach() * step.support.to(output.dtype)
+        self._record_output(output, step)
         self.fit_state.steps[step.row_list] += 1
-        if self._trainer is not None:  # a step run by hand (benchmarks) logs nothing
+        if self._trainer is not None and logs_metrics_at(self.trainer, self.trainer.global_step + 1):
             sync = world_size(self) > 1
             self.log("train/loss", loss.sum(), prog_bar=True, batch_size=len(step.row_list), sync_dist=sync,
                      reduce_fx="sum")
             self.log("train/data_consistency", data.detach().sum(), batch_size=len(step.row_list), sync_dist=sync,
                      reduce_fx="sum")
         return loss.sum() * world_size(self)
-
-    @staticmethod
-    def _within_support(output: torch.Tensor, operator: Operator) -> torch.Tensor:
-        """Zero the output where the operator sees nothing (outside the coil maps' support).
-
-        The data never constrain those pixels, so what the network puts there is arbitrary; the
-        reconstructions are reported inside the support only (the loss is unaffected).
-        """
-        support = operator.image_support()
-        return output if support is None else output * support.to(output.dtype)
 
     def _record_output(self, output: torch.Tensor, step: Step) -> None:
         """Update the rows' EMA (per ``ema_variant``) and last output; expose them in measurement units."""

@@ -27,7 +27,8 @@ def check_loss_norm(loss_norm: str) -> str:
 
 def residual_norm(residual: torch.Tensor, loss_norm: str) -> torch.Tensor:
     """Norm of each sample of a (B, ...) residual, real or complex: a (B,) tensor."""
-    squared = (residual.abs() ** 2 if residual.is_complex() else residual**2).flatten(1)
+    # |r|^2 of a complex residual as re^2 + im^2 (no square root of abs())
+    squared = (torch.view_as_real(residual).square().sum(-1) if residual.is_complex() else residual**2).flatten(1)
     if loss_norm == "mse":
         return squared.mean(dim=1)
     if loss_norm == "l2":

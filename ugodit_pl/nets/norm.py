@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .stack import is_batched
+
 __all__ = ["PerSampleBatchNorm2d"]
 
 
@@ -31,9 +33,11 @@ class PerSampleBatchNorm2d(nn.BatchNorm2d):
       (``momentum=None``: cumulative average). For B = 1 this is exactly ``nn.BatchNorm2d``.
     - Eval mode uses the running statistics, as ``nn.BatchNorm2d`` does.
 
-    Parameters, buffers and ``state_dict`` keys are those of ``nn.BatchNorm2d``. The layer is written
-    with plain tensor operations, so it works under ``torch.func.vmap`` with batched (stacked)
-    running buffers, which it updates in place (see :class:`ugodit_pl.nets.ModuleStack`).
+    Parameters, buffers and ``state_dict`` keys are those of ``nn.BatchNorm2d``. Where its statistics
+    are BatchNorm's (one sample, whole-batch statistics, or eval mode) it runs ``nn.BatchNorm2d``'s
+    fused kernel; otherwise, and always under ``torch.func.vmap`` with batched (stacked) running
+    buffers, which it updates in place (see :class:`ugodit_pl.nets.ModuleStack`), plain tensor
+    operations.
 
     >>> norm = PerSampleBatchNorm2d(4)
     >>> out = norm(torch.randn(3, 4, 5, 5))
@@ -55,6 +59,9 @@ class PerSampleBatchNorm2d(nn.BatchNorm2d):
                     f"PerSampleBatchNorm2d: expected more than 1 value per channel in training mode, "
                     f"got input of spatial size {tuple(x.shape[2:])}"
                 )
+        if not is_batched(x) and (not use_batch_stats or not self.per_sample or x.shape[0] == 1):
+            return super().forward(x)  # the same statistics as nn.BatchNorm2d: its fused kernel
+        if use_batch_stats:
             var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
             if self.training and self.track_running_stats and self.running_mean is not None:
                 self._update_running_stats(mean, var, count)

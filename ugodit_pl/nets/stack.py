@@ -1,9 +1,11 @@
 """``num`` independent copies of a module, held as stacked tensors and run in one vmapped pass.
 
 UGoDIT fits M decoders, one per measurement. :class:`ModuleStack` stores their parameters and
-buffers with a leading dimension M and evaluates all of them with ``torch.func.vmap`` over
-``torch.func.functional_call`` (no Python loop over the copies). Copy i receives sample i of every
-tensor input, as a batch of one, which is how each decoder sees its measurement in the authors' code.
+buffers with a leading dimension M and evaluates all of them with ``torch.func.vmap`` over one
+architecture-only copy of the module whose tensors are bound to the stacked ones for the call (no
+Python loop over the copies). Copy i receives sample i of every tensor input, as a batch of one,
+which is how each decoder sees its measurement in the authors' code. A single selected copy runs
+without vmap, on views of the stacked tensors.
 
 >>> import torch
 >>> from ugodit_pl.nets import ModuleStack, UNet
@@ -19,12 +21,13 @@ torch.Size([2, 2, 16, 16])
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .init import reinit_decoder_
@@ -60,7 +63,7 @@ class ModuleStack(nn.Module):
 
     Args:
         module: the template (e.g. a decoder). Its weights are copied; the module itself is not kept
-            (an architecture-only copy on the ``meta`` device drives ``functional_call``), so
+            (an architecture-only copy on the ``meta`` device runs with the stacked tensors bound), so
             ``parameters()`` are exactly the stacked tensors.
         num: number of copies.
         reinit: ``None`` (every copy starts with ``module``'s weights), an int ``seed`` (copy i is
@@ -151,6 +154,7 @@ class ModuleStack(nn.Module):
                 self._buffer_names[name] = attr
         # The architecture only: kept in a tuple so that nn.Module does not register it.
         self._template: Tuple[nn.Module, ...] = (copy.deepcopy(template).to("meta"),)
+        self._slots = _slots(self._template[0], self._param_names, self._buffer_names)
         self._num = len(modules)
         self.train(training)
 
@@ -173,16 +177,34 @@ class ModuleStack(nn.Module):
         return f"num={self._num}, module={type(self.template).__name__}"
 
     def _stacked(self) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        params = {name: getattr(self, attr) for name, attr in self._param_names.items()}
-        buffers = {name: getattr(self, attr) for name, attr in self._buffer_names.items()}
+        params = {name: self._parameters[attr] for name, attr in self._param_names.items()}
+        buffers = {name: self._buffers[attr] for name, attr in self._buffer_names.items()}
         return params, buffers
 
     def _check_indices(self, indices: Any) -> Tensor:
+        """``indices`` as a long tensor on the stack's device, checked (once per tensor: a fit passes the same
+        rows at every step, and each check synchronises with the device)."""
+        checked = self.__dict__.get("_checked_indices")
+        if checked is not None and checked[0]() is indices and checked[1] == indices._version:
+            return checked[2]
+        idx = self._checked_copy(indices)
+        if isinstance(indices, Tensor) and not torch.compiler.is_compiling():
+            self.__dict__["_checked_indices"] = (weakref.ref(indices), indices._version, idx)
+        return idx
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_checked_indices", None)  # a weak reference: not picklable, and only a shortcut
+        return state
+
+    def _checked_copy(self, indices: Any) -> Tensor:
         device = next(iter(self._stacked()[0].values()), torch.empty(0)).device
         idx = torch.as_tensor(indices, device=device)
         if idx.dim() != 1 or idx.numel() == 0 or idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"ModuleStack: indices must be a non-empty 1-D integer tensor, got {indices!r}")
         idx = idx.long()
+        if torch.compiler.is_compiling():
+            return idx  # no host synchronisation inside a compiled graph (the eager calls check)
         if int(idx.min()) < 0 or int(idx.max()) >= self._num:
             raise IndexError(f"ModuleStack: indices must lie in [0, {self._num}), got {idx.tolist()}")
         if idx.unique().numel() != idx.numel():
@@ -202,27 +224,32 @@ class ModuleStack(nn.Module):
                     f"ModuleStack: every tensor input needs leading dimension {count} (one sample per selected copy); "
                     f"tensor input #{position} has shape {tuple(t.shape)}"
                 )
-        if idx is not None:
-            params = {k: v.index_select(0, idx) for k, v in params.items()}
-            selected = {k: v.index_select(0, idx) for k, v in buffers.items()}
-        else:
-            selected = buffers
+        selected = buffers
         template = self.template
         out_spec: List[Any] = []
 
         def run_one(p: Dict[str, Tensor], b: Dict[str, Tensor], *sample: Tensor) -> Tuple[Tensor, ...]:
             it = iter(sample)
             args = tree_unflatten([next(it).unsqueeze(0) if t else leaf for leaf, t in zip(leaves, is_tensor)], spec)
-            out_leaves, o_spec = tree_flatten(functional_call(template, (p, b), tuple(args)))
+            out_leaves, o_spec = tree_flatten(_call_bound(template, self._slots, p, b, tuple(args)))
             out_spec[:] = [o_spec, [_TENSOR if isinstance(o, Tensor) else o for o in out_leaves]]
             return tuple(o.squeeze(0) for o in out_leaves if isinstance(o, Tensor))
 
         if count == 1:
-            results = run_one({k: v[0] for k, v in params.items()}, {k: v[0] for k, v in selected.items()}, *(t[0] for t in tensors))
-            results = tuple(r.unsqueeze(0) for r in results)
+            # views of the one selected copy: its gradient and in-place buffer updates reach the stack
+            # (with one copy ``squeeze``, whose backward is a reshape; ``v[i]`` would allocate the stack's shape)
+            if self._num == 1:
+                views = {k: v.squeeze(0) for k, v in params.items()}, {k: v.squeeze(0) for k, v in buffers.items()}
+            else:
+                i = int(idx[0])
+                views = {k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()}
+            results = tuple(r.unsqueeze(0) for r in run_one(*views, *(t[0] for t in tensors)))
         else:
+            if idx is not None:
+                params = {k: v.index_select(0, idx) for k, v in params.items()}
+                selected = {k: v.index_select(0, idx) for k, v in buffers.items()}
             results = vmap(run_one, in_dims=(0, 0) + (0,) * len(tensors))(params, selected, *tensors)
-        if idx is not None:
+        if idx is not None and count > 1:
             with torch.no_grad():
                 for k, v in buffers.items():
                     v.index_copy_(0, idx, selected[k])
@@ -287,10 +314,49 @@ class ModuleStack(nn.Module):
         return i % self._num
 
 
+# ----------------------------------------------------------------------------- running the template
+
+_Slot = Tuple[nn.Module, str, str, Tensor]  # (submodule of the template, leaf name, dotted name, its meta tensor)
+
+
+def _slots(template: nn.Module, params: Mapping[str, str], buffers: Mapping[str, str]) -> Tuple[List[_Slot], List[_Slot]]:
+    """Where each stacked tensor goes in the template: its submodule and leaf name, and the meta tensor there."""
+
+    def slot(name: str, table: str) -> _Slot:
+        owner, _, leaf = name.rpartition(".")
+        module = template.get_submodule(owner)
+        return module, leaf, name, getattr(module, table)[leaf]
+
+    return [slot(n, "_parameters") for n in params], [slot(n, "_buffers") for n in buffers]
+
+
+def _call_bound(template: nn.Module, slots: Tuple[List[_Slot], List[_Slot]], params: Mapping[str, Tensor],
+                buffers: Mapping[str, Tensor], args: Tuple[Any, ...]) -> Any:
+    """``template(*args)`` with its parameters and buffers bound to ``params`` / ``buffers`` for the call.
+
+    What ``torch.func.functional_call`` does, without its per-call bookkeeping (about 2 ms per call of
+    a U-Net on CPU, a few % of a fit step): the template is the stack's own architecture-only copy,
+    with no tied or parametrised tensors, so binding is a dictionary assignment per tensor.
+    """
+    param_slots, buffer_slots = slots
+    try:
+        for module, leaf, name, _ in param_slots:
+            module._parameters[leaf] = params[name]
+        for module, leaf, name, _ in buffer_slots:
+            module._buffers[leaf] = buffers[name]
+        return template(*args)
+    finally:
+        for module, leaf, _, meta in param_slots:
+            module._parameters[leaf] = meta
+        for module, leaf, _, meta in buffer_slots:
+            module._buffers[leaf] = meta
+
+
 # ----------------------------------------------------------------------------- convolution of stacked copies
 
 
-def _is_batched(t: Tensor) -> bool:
+def is_batched(t: Tensor) -> bool:
+    """Whether ``t`` is a tensor under ``vmap`` (one slice of a batched tensor), e.g. in a stacked copy."""
     check = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
     return bool(check is not None and check(t))
 
@@ -372,7 +438,7 @@ class StackableConv2d(nn.Conv2d):
             and self.in_channels % 16 != 0
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
-            and _is_batched(weight)
+            and is_batched(weight)
         ):
             out = _stacked_conv2d(input, weight, list(self.stride), list(self.padding), list(self.dilation))
             return out if bias is None else out + bias.view(1, -1, 1, 1)

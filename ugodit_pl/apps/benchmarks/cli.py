@@ -82,7 +82,7 @@ def _runner(suite: str) -> Callable[..., Dict[str, Any]]:
         from ugodit_pl.apps.benchmarks.speed import run_speed_suite
 
         return lambda preset, out, data, device, seed, overrides: run_speed_suite(
-            preset, device=device, overrides=overrides)
+            preset, device=device, overrides=overrides, data=data, out_dir=out, seed=seed)
     if suite == "early-stopping":
         from ugodit_pl.apps.benchmarks.early_stopping import run_early_stopping_suite
 

@@ -195,8 +195,11 @@ def plot_curves(
     metric: str = "psnr",
     ylabel: str = "PSNR (dB)",
     levels: Optional[Mapping[str, float]] = None,
+    x: str = "steps",
 ) -> Path:
-    """Plot ``{label: {"steps": [...], metric: [...]}}`` as lines (and ``levels`` as dashed lines) to a PNG.
+    """Plot ``{label: {x: [...], metric: [...]}}`` as lines (and ``levels`` as dashed lines) to a PNG.
+
+    ``x`` is ``"steps"`` or ``"seconds"`` (the fit's wall seconds at each point, ``CurveTracker``).
 
     Uses matplotlib's Agg backend (no display needed); written atomically; small (6 x 4 inches, 80 dpi).
     """
@@ -210,12 +213,12 @@ def plot_curves(
     figure, axes = plt.subplots(figsize=(6, 4), dpi=80)
     try:
         for label, curve in curves.items():
-            if curve.get("steps"):
-                axes.plot(curve["steps"], curve[metric], label=label, linewidth=1.4)
+            if curve.get(x):
+                axes.plot(curve[x], curve[metric], label=label, linewidth=1.4)
         for k, (label, value) in enumerate((levels or {}).items()):
             if value is not None:
                 axes.axhline(value, linestyle="--", linewidth=0.9, color=f"C{(k + len(curves)) % 10}", label=label)
-        axes.set_xlabel("step")
+        axes.set_xlabel("step" if x == "steps" else f"{x} of the fit")
         axes.set_ylabel(ylabel)
         if title:
             axes.set_title(title, fontsize=10)

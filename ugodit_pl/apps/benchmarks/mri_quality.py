@@ -34,8 +34,12 @@ and tuned L1-wavelet, per undersampling.
 
 ``method_args`` and ``pretrain_args`` (preset entries, default none) give extra keyword arguments per
 method and to ``UGoDITPretrain`` (e.g. ``--set 'method_args={"aseqdip": {"residual": false}}'`` for
-the papers' network); they are recorded with the settings. ``workers``: fits run in that many
-processes (2 on a 2-core CPU, one thread each; 4 sharing the GPU in ``full``).
+the papers' network); they are recorded with the settings. ``method_variants`` (default none) add fits
+of a method under another name, with other arguments or another Lightning precision, e.g.
+``{"ugodit_bf16": {"method": "ugodit", "precision": "bf16-mixed"}, "ugodit_compiled": {"method":
+"ugodit", "args": {"compile": true}}}``; they are scored and summarised like the methods. ``workers``:
+fits run in that many processes (2 on a 2-core CPU, one thread each; 4 sharing the GPU in
+``full``; 1 where the fits' seconds are compared). Every curve carries the fit's seconds at each point.
 
 >>> PRESETS["quick"]["panel"], PRESETS["quick"]["steps"]
 ('quick', 600)
@@ -55,7 +59,7 @@ from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves
 from ugodit_pl.complex import magnitude as complex_magnitude
 
-__all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "pretraining_group", "problem_metrics"]
+__all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "pretraining_group", "problem_metrics", "variant_of"]
 
 #: The network methods, in table order (``dip_es`` comes out of the ``dip`` run).
 METHODS = ("dip", "reference_dip", "self_guided_dip", "aseqdip", "ugodit", "ugodit_untrained", "deepinv_dip")
@@ -70,21 +74,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "panel": "tiny", "network_args": {"channels": [4, 8, 8, 8]}, "steps": 4, "pretrain_steps": 3,
         "pretrain_crop": (64, 64), "eval_every": 2, "coil_map_args": {"kernel_width": 4}, "sense_iter": 4,
         "l1_iter": 8, "l1_grid": [1e-3, 1e-2], "methods": METHODS, "workers": 1, "method_args": {},
-        "es_args": {"window": 2, "patience": 2}, "pretrain_args": {},
+        "es_args": {"window": 2, "patience": 2}, "pretrain_args": {}, "method_variants": {},
     },
     # about 40 min on 2 CPU cores: six problems up to 144 x 112, width-16 U-Net, 600 steps
     "quick": {
         "panel": "quick", "network_args": {"channels": [16, 32, 64, 64]}, "steps": 600, "pretrain_steps": 600,
         "pretrain_crop": (96, 72), "eval_every": 30, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
         "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 2, "method_args": {}, "es_args": {},
-        "pretrain_args": {},
+        "pretrain_args": {}, "method_variants": {},
     },
     # the papers' setting (for a GPU, not run yet): full slices, the authors' U-Net width, 3000 steps
     "full": {
         "panel": "full", "network_args": {"channels": [64, 128, 256, 256]}, "steps": 3000, "pretrain_steps": 3000,
         "pretrain_crop": (128, 96), "eval_every": 100, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
         "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 4, "method_args": {}, "es_args": {},
-        "pretrain_args": {},
+        "pretrain_args": {}, "method_variants": {},
     },
 }
 
@@ -176,8 +180,28 @@ def describe(method: Any) -> Dict[str, Any]:
 
 
 def _compact(curve: Dict[str, List[float]]) -> Dict[str, List[float]]:
-    return {m: [round(v, 3) if isinstance(v, float) else v for v in curve[m]] for m in ("steps", "psnr", "ssim")
-            if m in curve}
+    return {m: [round(v, 3) if isinstance(v, float) else v for v in curve[m]]
+            for m in ("steps", "psnr", "ssim", "seconds") if m in curve}
+
+
+def variant_of(name: str, settings: Dict[str, Any]) -> Tuple[str, Dict[str, Any], str]:
+    """(method, its extra arguments, Lightning precision) of a method or ``method_variants`` name of the settings.
+
+    >>> variant_of("ugodit_bf16", {"method_variants": {"ugodit_bf16": {"method": "ugodit", "precision": "bf16-mixed"}}})
+    ('ugodit', {}, 'bf16-mixed')
+    """
+    method_args = dict((settings.get("method_args") or {}).get(name) or {})
+    variant = (settings.get("method_variants") or {}).get(name)
+    if variant is None:
+        return name, method_args, "32-true"
+    base = variant.get("method")
+    if base not in METHODS or base == "deepinv_dip":
+        raise ValueError(f"variant {name!r}: 'method' must be one of the network methods "
+                         f"{', '.join(m for m in METHODS if m != 'deepinv_dip')}, got {base!r}")
+    unknown = sorted(set(variant) - {"method", "args", "precision"})
+    if unknown:
+        raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; a variant has method, args and precision")
+    return base, {**method_args, **dict(variant.get("args") or {})}, str(variant.get("precision", "32-true"))
 
 
 def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any],
@@ -186,19 +210,22 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
     from ugodit_pl.callbacks import WMVEarlyStopping
 
     steps = int(settings["steps"])
-    method = network_method(name, settings, weights, seed, (settings.get("method_args") or {}).get(name))
+    base, extra, precision = variant_of(name, settings)
+    method = network_method(base, settings, weights, seed, extra)
     tracker = CurveTracker({"rss": batch["target"]}, _curve_metrics(support), int(settings["eval_every"]), steps)
     callbacks = [tracker.callback()]
     stopper = WMVEarlyStopping(**dict(settings.get("es_args") or {})) if name == "dip" else None
     if stopper is not None:
         callbacks.append(stopper)
-    seconds = fit_method(method, batch, steps, callbacks=callbacks, device=device)
+    seconds = fit_method(method, batch, steps, callbacks=callbacks, device=device, precision=precision)
     ema = tracker.curves["rss"]["ema"]
     entry = {
         "kind": "network", "steps": steps, "seconds": seconds, "seconds_metrics": tracker.eval_seconds,
         "metrics": problem_metrics(method.ema_output if name == "dip" else method.reconstruction, batch["target"], support),
         "metrics_last": problem_metrics(method.current_output, batch["target"], support),
-        "settings": describe(method), "curve": _compact(ema), "curve_last": _compact(tracker.curves["rss"]["last"]),
+        "settings": dict(describe(method), **({"precision": precision} if precision != "32-true" else {}),
+                         **({"compile": method.compile_args} if method.compile_args is not None else {})),
+        "curve": _compact(ema), "curve_last": _compact(tracker.curves["rss"]["last"]),
         "budget_change": _budget_change(ema, steps),
     }
     out = {name: entry}
@@ -329,6 +356,11 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
     unknown = sorted(set(settings["methods"]) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    variants = dict(settings.get("method_variants") or {})
+    for name in variants:
+        if name in METHODS or name in CLASSICAL:
+            raise ValueError(f"variant name {name!r} is a method's name; give the variant its own name")
+        variant_of(name, settings)
     entries, notes = list(panel.PANELS[settings["panel"]]), []
     if settings.get("problems"):
         entries = [e for e in entries if e["name"] in settings["problems"]]
@@ -358,7 +390,7 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
             pairs, description = pretraining_group(undersampling, root, folder)
             for untrained in (False, True):
                 wanted = "ugodit_untrained" if untrained else "ugodit"
-                if wanted not in methods:
+                if wanted not in methods and wanted not in [variant_of(v, settings)[0] for v in variants]:
                     continue
                 path = Path(scratch) / f"encoder_{undersampling}{'_untrained' if untrained else ''}.pt"
                 weights[(undersampling, untrained)] = path
@@ -372,13 +404,14 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
         tasks = []
         for entry in entries:
             tasks.append(dict(base, kind="classical", entry=entry, label=f"{entry['name']}: classical"))
-            for name in methods:
+            for name in methods + list(variants):
                 if name == "deepinv_dip":
                     tasks.append(dict(base, kind="deepinv", entry=entry, label=f"{entry['name']}: deepinv_dip"))
                     continue
-                path = weights.get((entry["undersampling"], name == "ugodit_untrained"))
+                method = variant_of(name, settings)[0]
+                path = weights.get((entry["undersampling"], method == "ugodit_untrained"))
                 tasks.append(dict(base, kind="network", entry=entry, method=name,
-                                  weights=str(path) if path and name.startswith("ugodit") else None,
+                                  weights=str(path) if path and method.startswith("ugodit") else None,
                                   label=f"{entry['name']}: {name}"))
         tasks.sort(key=_cost, reverse=True)  # longest first: the pool ends evenly
         result["problems"] = {entry["name"]: {"problem": infos[entry["name"]], "methods": {}} for entry in entries}
@@ -407,13 +440,14 @@ def _problem_info(entry: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, Any
 
 def _cost(task: Dict[str, Any]) -> float:
     height, width = task["entry"]["crop"] or panel.ANATOMIES[task["entry"]["anatomy"]][1]
-    factor = {"classical": 0.1, "deepinv": 1.5, "network": 3.5 if task.get("method") == "self_guided_dip" else 1.0}
+    method = variant_of(task["method"], task["settings"])[0] if task["kind"] == "network" else None
+    factor = {"classical": 0.1, "deepinv": 1.5, "network": 3.5 if method == "self_guided_dip" else 1.0}
     return height * width * factor[task["kind"]]
 
 
 def _ordered(methods: Dict[str, Any]) -> Dict[str, Any]:
     order = list(CLASSICAL) + ["dip", "dip_es"] + [m for m in METHODS if m != "dip"]
-    return {k: methods[k] for k in order if k in methods}
+    return {**{k: methods[k] for k in order if k in methods}, **{k: v for k, v in methods.items() if k not in order}}
 
 
 def summarise(problems: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:

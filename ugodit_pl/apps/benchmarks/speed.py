@@ -12,7 +12,10 @@
   bfloat16 autocast, ``torch.compile`` (in a subprocess with a time limit), and the thread count.
 - :func:`count_flops`, :func:`matmul_peak`: FLOPs of a step (``FlopCounterMode``) and the
   matrix-multiply throughput of the same machine, to put the achieved FLOP/s in proportion.
-- :func:`run_speed_suite`: all of the above, the ``speed`` suite of ``ugodit benchmark``.
+- :func:`loop_overhead`: the library's fit step against the same objective written as a plain PyTorch
+  loop (:func:`_plain_aseqdip_loop`), side by side, with a check that both compute the same outputs.
+- :func:`run_speed_suite`: all of the above and the time to quality on the real-MRI panel
+  (:mod:`.time_to_quality`), the ``speed`` suite of ``ugodit benchmark``.
 
 Timed steps of different kinds alternate so that all see the same machine load; the figures are
 medians over ``repeats`` after ``warmup`` untimed steps. ``torch.set_num_threads`` is left as it is
@@ -42,6 +45,7 @@ __all__ = [
     "count_flops",
     "decoder_speed",
     "fit_throughput",
+    "loop_overhead",
     "matmul_peak",
     "pretrain_step_speed",
     "thread_scaling",
@@ -356,6 +360,104 @@ def fit_throughput(
     return results
 
 
+def _plain_aseqdip_loop(batch: Dict[str, Any], network_args: Dict[str, Any], steps: int, lam: float,
+                        update_every: int, lr: float) -> Tuple[List[float], torch.Tensor]:
+    """aSeqDIP's objective as a user writes it in plain PyTorch: (per-step seconds, the last output).
+
+    The same network (``seeded_network``: the method's seed, residual U-Net), the same measurement
+    scale and start A^H y, the same coil-summed data term, lambda, input schedule and fused Adam, and
+    an EMA of the outputs; no Lightning, no checks, no logging.
+    """
+    from ugodit_pl.methods.networks import seeded_network
+    from ugodit_pl.methods.scaling import apply_scale, measurement_scale
+
+    operator = batch["operator"]
+    net = seeded_network("unet", network_args, seed=0, residual=True)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+    y = apply_scale(batch["y"], measurement_scale(operator, batch["y"]))
+    z = operator.init_input(y)
+    ema = torch.zeros_like(z)
+    times, out = [], z
+    for k in range(steps):
+        start = time.perf_counter()
+        if k > 0 and k % update_every == 0:
+            with torch.no_grad():
+                z = z + net(z)
+        out = z + net(z)
+        data = torch.view_as_real(operator(out) - y).square().sum(-1).flatten(1).mean(1) * operator.num_coils
+        loss = (data + lam * (out - z).square().flatten(1).mean(1)).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            ema.mul_(0.99).add_(out.detach(), alpha=0.01)
+        times.append(time.perf_counter() - start)
+    return times, out.detach()
+
+
+def loop_overhead(
+    network_args: Optional[Dict[str, Any]] = None,
+    size: Tuple[int, int] = (96, 72),
+    steps: int = 60,
+    repeats: int = 3,
+    device: str = "cpu",
+) -> Dict[str, Any]:
+    """The library's fit step against the same objective as a plain PyTorch loop, side by side.
+
+    The library: ``ASeqDIP`` at its defaults (residual U-Net, lambda 0.8, N = 10, fused Adam) fitted by
+    a ``pl.Trainer`` (no logger, progress bar or checkpoints), one step being the time between two
+    ``on_train_batch_start`` calls (Lightning's loop, the batch checks, the EMA, the logging
+    included). The plain loop: :func:`_plain_aseqdip_loop`. ``repeats`` alternating runs of ``steps``
+    steps each; the first 5 steps of each run are not counted. Both compute the same outputs: the
+    result records their largest difference after the run (round-off, not a different objective).
+
+    >>> r = loop_overhead({"channels": [4, 8, 8, 8]}, size=(16, 16), steps=8, repeats=1)
+    >>> r["library_s"] > 0 and r["plain_s"] > 0 and r["same_outputs"]
+    True
+    """
+    import pytorch_lightning as pl
+
+    from ugodit_pl.apps.benchmarks.common import fit_method
+    from ugodit_pl.methods import ASeqDIP
+
+    if device != "cpu":
+        raise ValueError("loop_overhead times CPU steps (the plain loop has no device transfer)")
+    args = dict(network_args or {"channels": [16, 32, 64, 64]})
+    problem = _mri_problem(1, size, seed=3)
+    batch = {k: problem[k] for k in ("y", "operator", "index", "name")}
+
+    class Stamps(pl.Callback):
+        def __init__(self) -> None:
+            self.times: List[float] = []
+
+        def on_train_batch_start(self, *args: Any) -> None:
+            self.times.append(time.perf_counter())
+
+        def on_train_end(self, *args: Any) -> None:
+            self.times.append(time.perf_counter())
+
+    library: List[float] = []
+    plain: List[float] = []
+    difference = 0.0
+    for _ in range(repeats):
+        method = ASeqDIP(network="unet", network_args=args, seed=0)
+        stamps = Stamps()
+        fit_method(method, batch, steps, callbacks=[stamps])
+        library += [b - a for a, b in zip(stamps.times[:-1], stamps.times[1:])][5:]
+        times, last = _plain_aseqdip_loop(batch, args, steps, method.lam, method.update_every, method.lr)
+        plain += times[5:]
+        support = batch["operator"].image_support()
+        ours = method.fit_state.last[:1]
+        difference = max(difference, float((ours - last * support).abs().max() / last.abs().max()))
+    library_s, plain_s = statistics.median(library), statistics.median(plain)
+    return {
+        "size": list(size), "network_args": args, "steps": steps, "repeats": repeats, "threads": torch.get_num_threads(),
+        "library_s": library_s, "plain_s": plain_s, "overhead": library_s / plain_s - 1.0,
+        "library_runs_s": library, "plain_runs_s": plain,
+        "largest_output_difference": difference, "same_outputs": difference < 1e-3,
+    }
+
+
 def _single_net_step(network_args: Dict[str, Any], size: Tuple[int, int], device: torch.device,
                      channels_last: bool = False, autocast_bf16: bool = False, compiled: bool = False):
     """(step, flops-step) for one U-Net fit step with the MRI data term (aSeqDIP/UGoDIT-like), in a variant."""
@@ -502,21 +604,30 @@ def thread_scaling(
 SPEED_PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": {"network_args": {"channels": [4, 8, 8, 8]}, "size": (16, 16), "decoders": (2,), "fit_batches": (1, 2),
              "steps_per_fit": 10, "repeats": 1, "warmup": 0, "matmul_n": 64, "threads": (1,), "compile": False,
-             "compile_timeout_s": 60.0},
-    # the reduced-size MRI setting of the quality suites' issue (112 x 88, width-32 U-Net)
+             "compile_timeout_s": 60.0, "overhead": [{"network_args": {"channels": [4, 8, 8, 8]}, "size": (16, 16),
+                                                      "steps": 8, "repeats": 1}],
+             "time_to_quality": None},
+    # the reduced-size MRI setting of the quality suites' issue (112 x 88, width-32 U-Net); the overhead and
+    # the time to quality at the real-MRI panel's quick size (96 x 72 and 96 x 96, width-16 U-Net)
     "quick": {"network_args": {"channels": [32, 64, 128, 128]}, "size": (112, 88), "decoders": (2, 4, 8),
-              "fit_batches": (1, 4), "steps_per_fit": 1000, "repeats": 3, "warmup": 1, "matmul_n": 2048,
-              "threads": (1, 2), "compile": True, "compile_timeout_s": 420.0},
+              "fit_batches": (1, 2, 4, 8), "steps_per_fit": 1000, "repeats": 3, "warmup": 1, "matmul_n": 2048,
+              "threads": (1, 2), "compile": True, "compile_timeout_s": 420.0,
+              "overhead": [{"network_args": {"channels": [16, 32, 64, 64]}, "size": (96, 72), "steps": 60, "repeats": 5},
+                           {"network_args": {"channels": [32, 64, 128, 128]}, "size": (112, 88), "steps": 40, "repeats": 3}],
+              "time_to_quality": "quick"},
     # the authors' U-Net at the fastMRI reconstruction size (for a GPU)
     "full": {"network_args": {"channels": [64, 128, 256, 256]}, "size": (320, 320), "decoders": (2, 4, 8),
-             "fit_batches": (1, 4, 8), "steps_per_fit": 3000, "repeats": 5, "warmup": 2, "matmul_n": 8192,
-             "threads": (), "compile": True, "compile_timeout_s": 600.0},
+             "fit_batches": (1, 4, 16), "steps_per_fit": 3000, "repeats": 5, "warmup": 2, "matmul_n": 8192,
+             "threads": (), "compile": True, "compile_timeout_s": 600.0, "overhead": [], "time_to_quality": "full"},
 }
 
 
 def run_speed_suite(preset: str = "quick", *, device: str = "cpu", overrides: Optional[Dict[str, Any]] = None,
+                    data: Optional[Any] = None, out_dir: Optional[Any] = None, seed: int = 0,
                     log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """The ``speed`` suite: every measurement above at the preset's size; returns the result dict."""
+    """The ``speed`` suite: every measurement above at the preset's size, the library's overhead against a
+    plain loop (:func:`loop_overhead`, on CPU) and the time to quality on the real-MRI panel
+    (:mod:`.time_to_quality`, its plots to ``out_dir``); returns the result dict."""
     if preset not in SPEED_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(SPEED_PRESETS)}, got {preset!r}")
     s = dict(SPEED_PRESETS[preset], **(overrides or {}))
@@ -549,11 +660,23 @@ def run_speed_suite(preset: str = "quick", *, device: str = "cpu", overrides: Op
     threads = thread_scaling(tuple(s["threads"]), repeats=max(1, int(s["repeats"]) - 1), **common) if s["threads"] else []
     for r in threads:
         log(f"speed: {r['threads']} thread(s): {r['step_s']:.3f} s/step")
+    overhead = []
+    for o in (s["overhead"] if device == "cpu" else []):
+        r = loop_overhead(o["network_args"], tuple(o["size"]), int(o["steps"]), int(o["repeats"]))
+        overhead.append(r)
+        log(f"speed: {r['size'][0]}x{r['size'][1]}, width {r['network_args']['channels'][0]}: library step "
+            f"{r['library_s'] * 1e3:.1f} ms, plain PyTorch loop {r['plain_s'] * 1e3:.1f} ms: overhead "
+            f"{100 * r['overhead']:+.1f} % (same outputs: {r['same_outputs']})")
+    quality = None
+    if s["time_to_quality"]:
+        from ugodit_pl.apps.benchmarks.time_to_quality import run_time_to_quality
+
+        quality = run_time_to_quality(s["time_to_quality"], out_dir, data=data, device=device, seed=seed, log=log)
     return {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()},
         "matmul_peak": peak, "matmul_peak_bf16": peak_bf16, "pretrain_step": pretrain, "fit_throughput": fits,
-        "variants": variants, "compile": compiled, "threads": threads,
-        "cpu_flags": _cpu_flags(), "total_seconds": time.perf_counter() - start,
+        "variants": variants, "compile": compiled, "threads": threads, "overhead": overhead,
+        "time_to_quality": quality, "cpu_flags": _cpu_flags(), "total_seconds": time.perf_counter() - start,
     }
 
 
