@@ -203,6 +203,57 @@ def speed_section(doc: Dict[str, Any]) -> str:
     if r.get("threads"):
         out.append("\nThreads (same fp32 step):\n")
         out.append(table(["threads", "s/step"], [[x["threads"], x["step_s"]] for x in r["threads"]], 3))
+    if r.get("overhead"):
+        out.append("\nThe library's aSeqDIP fit step (a `pl.Trainer`) against the same objective as a plain PyTorch loop "
+                   "(`loop_overhead`; medians, both in one run, alternating):\n")
+        rows = [[f"{x['size'][0]}x{x['size'][1]}", x["network_args"]["channels"][0], x["threads"], 1e3 * x["library_s"],
+                 1e3 * x["plain_s"], 100 * x["overhead"], x["same_outputs"]] for x in r["overhead"]]
+        out.append(table(["size", "width", "threads", "library ms/step", "plain loop ms/step", "overhead %",
+                          "same outputs"], rows, 1))
+    if r.get("time_to_quality"):
+        out.append("\n" + time_to_quality_section(r["time_to_quality"]))
+    return "\n".join(out)
+
+
+def _method_label(name: str, settings: Dict[str, Any]) -> str:
+    labels = dict(MRI_ROWS)
+    variant = (settings.get("method_variants") or {}).get(name)
+    if variant is None:
+        return labels.get(name, name)
+    parts = [variant.get("precision", "")] + [f"{k}={v}" for k, v in (variant.get("args") or {}).items()]
+    return f"{labels.get(variant['method'], variant['method'])}, {', '.join(p for p in parts if p)}"
+
+
+def _point(point: Optional[Dict[str, Any]]) -> str:
+    return "not reached" if point is None else f"{point['seconds']:.1f} s (step {point['step']})"
+
+
+def time_to_quality_section(ttq: Dict[str, Any]) -> str:
+    """The time-to-quality tables of the speed suite: per problem, and the means over the problems."""
+    settings = ttq["settings"]
+    out = [f"Time to quality (`time_to_quality`, panel problems {', '.join(ttq['problems'])}; one fit at a time; "
+           "seconds of the fit itself, compilation included, evaluation excluded):\n"]
+    rows = []
+    for name, row in ttq["summary"].items():
+        speedup = row.get("speedup_to_aseqdip_final")
+        change = row.get("psnr_change_vs_method")
+        step_speedup = row.get("step_speedup_vs_method")
+        rows.append([_method_label(name, settings), row["mean_psnr"], row["mean_seconds"],
+                     f"{fmt(row['mean_seconds_to_l1_wavelet'], 1)} ({row['reached_l1_wavelet']}/{len(ttq['problems'])})",
+                     f"{fmt(row['mean_seconds_to_aseqdip'], 1)} ({row['reached_aseqdip']}/{len(ttq['problems'])})",
+                     "-" if speedup is None else f"x{speedup['mean']:.2f} (worst x{speedup['worst']:.2f})",
+                     "-" if step_speedup is None else f"x{step_speedup['mean']:.2f}",
+                     "-" if change is None else f"{change['mean']:+.2f} (worst {change['worst']:+.2f})"])
+    out.append(table(["method", "mean PSNR (dB)", "mean seconds", "mean s to L1-wavelet (reached)",
+                      "mean s to aSeqDIP's final (reached)", "speed-up to aSeqDIP's final", "step speed-up vs method",
+                      "PSNR vs method (dB)"], rows))
+    for problem, entry in ttq["problems"].items():
+        levels = entry["levels"]
+        out.append(f"\n{problem}: L1-wavelet {levels['l1_wavelet']:.2f} dB, aSeqDIP's final {levels['aseqdip']:.2f} dB\n")
+        rows = [[_method_label(name, settings), row["psnr"], row["seconds"], 1e3 * row["seconds_per_step"],
+                 _point(row["reach"]["l1_wavelet"]), _point(row["reach"]["aseqdip"])]
+                for name, row in entry["methods"].items()]
+        out.append(table(["method", "PSNR (dB)", "seconds", "ms/step", "to L1-wavelet", "to aSeqDIP's final"], rows))
     return "\n".join(out)
 
 
@@ -275,6 +326,17 @@ def summary(docs: List[Any]) -> List[str]:
                 lines.append("- speed: batched/looped pre-training step speed-up " + ", ".join(
                     f"M={x['M']}: x{x['speedup']:.2f}" for x in steps) + "; fp32 fit step at "
                     f"{100 * r['variants']['fraction_of_matmul_peak']['fp32']:.0f}% of the matmul peak {where}")
+            if r.get("overhead"):
+                lines.append("- speed: library fit step against a plain PyTorch loop: " + ", ".join(
+                    f"{x['size'][0]}x{x['size'][1]} width {x['network_args']['channels'][0]} {100 * x['overhead']:+.1f}%"
+                    for x in r["overhead"]) + f" {where}")
+            ttq = r.get("time_to_quality")
+            if ttq:
+                rows = ttq["summary"]
+                parts = [f"{_method_label(k, ttq['settings'])} {fmt(rows[k]['mean_seconds_to_aseqdip'], 1)} s"
+                         f" ({rows[k]['reached_aseqdip']}/{len(ttq['problems'])})" for k in rows]
+                lines.append(f"- time to aSeqDIP's final PSNR, mean of {len(ttq['problems'])} problems: " + "; ".join(parts)
+                             + f" {where}")
         elif suite == "early-stopping":
             for task, t in r["tasks"].items():
                 lines.append(f"- ES-WMV {task}: PSNR lost {fmt(t['gap_db'])} dB, steps saved {t['steps_saved']} of "

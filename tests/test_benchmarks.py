@@ -305,9 +305,15 @@ def test_transfer_study_tiny(tmp_path, shared_data):
     document = _run("transfer-study", tmp_path, shared_data)
     result = document["result"]
     labels = [v["label"] for v in result["variants"]]
-    assert labels == ["default", "encoder BatchNorm eval", "lambda = 4", "untrained encoder (1 pre-training step)"]
-    # one pre-training shared by the first three variants, a second one (1 step) for the control
-    assert list(result["pretraining"]) == ["default", "untrained"] and result["pretraining"]["untrained"]["steps"] == 1
+    assert labels == ["default", "encoder BatchNorm eval", "lambda = 4", "untrained encoder (1 pre-training step)",
+                      "adjacent slices of the test scan (M = 4)"]
+    # one pre-training shared by the first three variants, a second one (1 step) for the control, and the
+    # papers' MRI group: the EPI slices next to the EPI test slice
+    assert list(result["pretraining"]) == ["default", "untrained", "adjacent"]
+    assert result["pretraining"]["untrained"]["steps"] == 1
+    adjacent = result["pretraining"]["adjacent"]
+    assert adjacent["M"] == 4 and [name.split("/")[-1] for name in adjacent["measurements"]] == \
+        ["slice_003", "slice_004", "slice_005", "slice_006"]
     assert result["problem"]["name"] == "brain 48x40 4x"
     for v in result["variants"]:
         assert v["advantage_db"] == pytest.approx(v["final_psnr"] - v["aseqdip"]["final_psnr"])

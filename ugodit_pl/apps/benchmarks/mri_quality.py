@@ -286,7 +286,7 @@ def pretraining_group(undersampling: str, root: Path, folder: Path) -> Tuple[Lis
     """
     pairs = [(str(root / panel.PRETRAIN_BRAIN_FILE), 0)]
     epi = panel.anatomy_file("epi", root, folder)
-    return pairs + [(str(epi), 1), (str(epi), 2)], (
+    return pairs + [(str(epi), panel.epi_position(s)) for s in panel.EPI_NEIGHBOURS], (
         f"the real sigpy brain (undersampled by its own 2-D Poisson mask) and EPI slices {panel.EPI_NEIGHBOURS} "
         f"(neighbours of the test slice {panel.EPI_TEST_SLICE}), {undersampling} like the test")
 

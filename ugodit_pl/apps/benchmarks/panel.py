@@ -32,6 +32,10 @@ import torch
 BRAIN_FILE = "mri/espirit_brain_full.h5"
 PRETRAIN_BRAIN_FILE = "mri/sigpy_brain_poisson8x.h5"
 EPI_TEST_SLICE, EPI_NEIGHBOURS = 12, (4, 20)
+#: The slices next to the EPI test slice (the papers' MRI pre-training group: neighbouring slices of the
+#: test scan); in the simulated file after the test slice and EPI_NEIGHBOURS (``epi_position``).
+EPI_ADJACENT = (10, 11, 13, 14)
+EPI_FILE_SLICES = (EPI_TEST_SLICE, *EPI_NEIGHBOURS, *EPI_ADJACENT)
 
 #: anatomy -> (what it is, native size)
 ANATOMIES: Dict[str, Tuple[str, Tuple[int, int]]] = {
@@ -90,11 +94,20 @@ def anatomy_file(anatomy: str, root: Path, folder: Path) -> Path:
         if anatomy == "head":
             slices, note = real_mri_slices("s1045"), "matplotlib sample_data s1045.ima.gz (real MRI)"
         else:
-            volume = real_mri_slices("example4d")
-            slices = volume[[EPI_TEST_SLICE, *EPI_NEIGHBOURS]]
-            note = f"nibabel tests/data/example4d.nii.gz slices {EPI_TEST_SLICE}, {EPI_NEIGHBOURS} (real MRI)"
+            slices = real_mri_slices("example4d")[list(EPI_FILE_SLICES)]
+            note = f"nibabel tests/data/example4d.nii.gz slices {list(EPI_FILE_SLICES)} (real MRI)"
         write_simulated_mri(path, slices, num_coils=8, seed=1, source=note, acquisition="SIMULATED_FROM_REAL_MRI")
     return path
+
+
+def epi_position(volume_slice: int) -> int:
+    """Where slice ``volume_slice`` of nibabel's EPI volume lies in the simulated ``epi.h5`` (each slice's
+    noise and phase are seeded by its position, so adding slices at the end changes none before them).
+
+    >>> epi_position(EPI_TEST_SLICE), [epi_position(s) for s in EPI_ADJACENT]
+    (0, [3, 4, 5, 6])
+    """
+    return EPI_FILE_SLICES.index(volume_slice)
 
 
 def center_fraction(entry: Dict[str, Any]) -> float:

@@ -11,7 +11,9 @@ aSeqDIP under the same settings".
 Studied (``VARIANTS``): pre-training group size M (1, 2, default, 8), pre-training data close to the
 test image (the real brain only) or far from it (photographs only), pre-training length (a quarter),
 a control with an untrained encoder (one pre-training step: what the UGoDIT fit gives without
-transfer), encoder BatchNorm at test time (train / eval), lambda, N, the input-update rule (sequential /
+transfer), the papers' MRI setting: the slices next to the test slice of the same scan (EPI slices
+10, 11, 13, 14 around the EPI test slice 12; run with ``--set 'problem="epi 96x72 4x"'``), pre-trained
+for the preset's steps and for three times as many, encoder BatchNorm at test time (train / eval), lambda, N, the input-update rule (sequential /
 data-consistent, with the notebooks' unsquared norm), the test-time learning rate, lambda and
 learning rate together (pre-trained with them too), our bias-corrected EMA or the authors', EMA vs
 last output (from the same runs), and network width (``full`` only). Run a subset with
@@ -48,6 +50,8 @@ PRETRAININGS: Dict[str, Tuple[Tuple[str, int], float]] = {
     "photos_only": (("photos", 3), 1.0),
     "short": (("default", 0), 0.25),
     "untrained": (("default", 0), 0.0),        # one step: a control, the encoder as initialised
+    "adjacent": (("adjacent", 0), 1.0),         # the papers' MRI group: the slices next to the test slice
+    "adjacent_long": (("adjacent", 0), 3.0),
 }
 PHOTOS = ("camera", "moon", "coins", "brick", "astronaut", "chelsea", "coffee", "rocket")
 
@@ -69,6 +73,8 @@ VARIANTS: List[Tuple[str, str, Dict[str, Any], Dict[str, Any], Optional[Dict[str
      {"loss_norm": "l2", "input_update": "data_consistent", "update_every": 1}, {}, None),
     ("fit lr 1e-3", "default", {"lr": 1e-3}, {}, None),
     ("authors' EMA (every N steps, from zeros)", "default", {"ema_variant": "authors"}, {}, None),
+    ("adjacent slices of the test scan (M = 4)", "adjacent", {}, {}, None),
+    ("adjacent slices, 3x pre-training steps", "adjacent_long", {}, {}, None),
 ]
 WIDE = {"channels": [32, 64, 128, 128]}
 #: The ``quick`` preset's variants: the ones that fit in 15 minutes on 2 CPU cores. The others run with
@@ -79,7 +85,8 @@ QUICK_VARIANTS = ["default", "untrained encoder (1 pre-training step)", "M = 1 (
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(MRI_PRESETS["tiny"], problem="brain 48x40 4x", variants=[
-        "default", "encoder BatchNorm eval", "lambda = 4", "untrained encoder (1 pre-training step)"]),
+        "default", "encoder BatchNorm eval", "lambda = 4", "untrained encoder (1 pre-training step)",
+        "adjacent slices of the test scan (M = 4)"]),
     "quick": dict(MRI_PRESETS["quick"], problem="brain 96x72 4x", variants=QUICK_VARIANTS),
     "full": dict(MRI_PRESETS["full"], problem="brain 230x180 4x",
                  variants=[v[0] for v in VARIANTS] + ["width 32 (vs width 16)"]),
@@ -113,6 +120,11 @@ def _group(key: Tuple[str, int], root: Path, folder: Path, seed: int) -> Tuple[L
         pairs, text = pretraining_group("4x", root, folder)
     elif base == "brain":
         pairs, text = [(str(root / panel.PRETRAIN_BRAIN_FILE), 0)], "the real sigpy brain"
+    elif base == "adjacent":
+        epi = panel.anatomy_file("epi", root, folder)
+        pairs = [(str(epi), panel.epi_position(s)) for s in panel.EPI_ADJACENT]
+        text = (f"EPI slices {list(panel.EPI_ADJACENT)}, next to the EPI test slice {panel.EPI_TEST_SLICE} "
+                f"(the papers' MRI setting: neighbouring slices of the test scan)")
     else:
         pairs, text = [], ""
     if photos:
