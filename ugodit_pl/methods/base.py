@@ -239,10 +239,12 @@ class ReconstructionMethod(pl.LightningModule):
         input_channels: channels of a noise input (default: the network's ``in_channels``).
         seed: seed of every random choice of the method (initialisation, noise).
         compile: run the network through ``torch.compile`` (Inductor): True, or a dict of
-            ``torch.compile`` arguments (``{"mode": "max-autotune"}``, ``{"backend": "eager"}``). The first
-            steps wait for the compilation (about 30 s for the width-16 U-Net on a 2-core CPU), the later
-            ones run faster (x1.6 there, docs/RESULTS.md), so it pays for long fits and folders. Where the
-            network cannot be compiled, the fit warns once and runs it eagerly.
+            ``torch.compile`` arguments (``{"mode": "max-autotune"}``, ``{"backend": "eager"}``; see
+            ``compile_arguments``). The first step waits for the compilation (30 to 50 s for the
+            width-16 U-Net on a 2-core CPU; about 3 s when Inductor's on-disk cache already holds the
+            graph of that size, as for the second slice of a folder), the later ones run about x1.4
+            faster there (docs/RESULTS.md, "Speed"): it pays for long fits and for folders, not for one
+            600-step fit. Where the network cannot be compiled, the fit warns once and runs eagerly.
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).

@@ -52,10 +52,14 @@ TIME_TO_QUALITY_PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+#: The curves hold PSNR to 0.001 dB: a point within half of that of a level has reached it.
+ROUNDING_DB = 5e-4
+
+
 def reach(curve: Mapping[str, List[Any]], level: float) -> Optional[Dict[str, Any]]:
     """The first point of ``curve`` whose PSNR is at least ``level``: ``{"step", "seconds"}``, or None."""
     for step, seconds, psnr in zip(curve["steps"], curve["seconds"], curve["psnr"]):
-        if psnr is not None and psnr >= level:
+        if psnr is not None and psnr >= level - ROUNDING_DB:
             return {"step": int(step), "seconds": float(seconds)}
     return None
 
@@ -87,6 +91,8 @@ def _problem_table(methods: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
         table["methods"][name] = {"psnr": entry["metrics"]["psnr"], "steps": steps, "seconds": seconds,
                                   "seconds_per_step": entry["seconds"] / max(1, entry.get("budget", entry["steps"])),
                                   "reach": reached, "settings": entry.get("settings", {})}
+        if "curve" in entry:
+            table["methods"][name]["curve"] = {k: entry["curve"][k] for k in ("steps", "seconds", "psnr")}
     return table
 
 
