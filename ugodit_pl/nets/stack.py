@@ -224,7 +224,6 @@ class ModuleStack(nn.Module):
                     f"ModuleStack: every tensor input needs leading dimension {count} (one sample per selected copy); "
                     f"tensor input #{position} has shape {tuple(t.shape)}"
                 )
-        selected = buffers
         template = self.template
         out_spec: List[Any] = []
 
@@ -244,13 +243,13 @@ class ModuleStack(nn.Module):
                 i = int(idx[0])
                 views = {k: v[i] for k, v in params.items()}, {k: v[i] for k, v in buffers.items()}
             results = tuple(r.unsqueeze(0) for r in run_one(*views, *(t[0] for t in tensors)))
+        elif idx is None:
+            results = vmap(run_one, in_dims=(0, 0) + (0,) * len(tensors))(params, buffers, *tensors)
         else:
-            if idx is not None:
-                params = {k: v.index_select(0, idx) for k, v in params.items()}
-                selected = {k: v.index_select(0, idx) for k, v in buffers.items()}
+            params = {k: v.index_select(0, idx) for k, v in params.items()}
+            selected = {k: v.index_select(0, idx) for k, v in buffers.items()}
             results = vmap(run_one, in_dims=(0, 0) + (0,) * len(tensors))(params, selected, *tensors)
-        if idx is not None and count > 1:
-            with torch.no_grad():
+            with torch.no_grad():  # the selected copies' in-place buffer updates, written back
                 for k, v in buffers.items():
                     v.index_copy_(0, idx, selected[k])
         o_spec, others = out_spec
