@@ -2,7 +2,8 @@
 
 Part of the ``speed`` suite. On problems of the real-MRI panel (:mod:`.mri_quality`, one fit at a time
 so that the seconds compare), every network method at its defaults and the speed variants
-(``bf16-mixed``, ``compile``, both) is fitted for aSeqDIP's default budget of T steps. From each
+(``bf16-mixed``, ``compile``, both) is fitted for aSeqDIP's default budget of T steps, UGoDIT
+also behind its untrained encoder (the control that tells transfer from architecture). From each
 PSNR curve (the EMA output every ``eval_every`` steps, with the fit's own seconds at each point; the
 evaluation itself is not counted):
 
@@ -45,10 +46,12 @@ TIME_TO_QUALITY_PRESETS: Dict[str, Dict[str, Any]] = {
              "method_variants": {"ugodit_bf16": SPEED_VARIANTS["ugodit_bf16"]}},
     # about 20 min on 2 CPU cores: three anatomies at the panel's quick size, 600 steps
     "quick": {"mri_preset": "quick", "problems": ["brain 96x72 4x", "head 96x96 4x", "epi 96x72 4x"],
-              "methods": ["dip", "self_guided_dip", "aseqdip", "ugodit"], "method_variants": SPEED_VARIANTS},
+              "methods": ["dip", "self_guided_dip", "aseqdip", "ugodit", "ugodit_untrained"],
+              "method_variants": SPEED_VARIANTS},
     # the papers' sizes, for a GPU
     "full": {"mri_preset": "full", "problems": ["brain 230x180 4x", "head 256x256 4x", "epi 128x96 4x"],
-             "methods": ["dip", "self_guided_dip", "aseqdip", "ugodit"], "method_variants": SPEED_VARIANTS},
+             "methods": ["dip", "self_guided_dip", "aseqdip", "ugodit", "ugodit_untrained"],
+             "method_variants": SPEED_VARIANTS},
 }
 
 
