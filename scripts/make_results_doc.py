@@ -337,7 +337,7 @@ def summary(docs: List[Any]) -> List[str]:
                 short = [k for k in rows if k not in reached]
                 parts = [f"{_method_label(k, ttq['settings'])} {rows[k]['mean_seconds_to_aseqdip']:.1f} s" for k in reached]
                 lines.append(f"- time to aSeqDIP's final PSNR, mean of {len(ttq['problems'])} problems, one fit at a time: "
-                             + "; ".join(parts) + f"; short of it on some problem: "
+                             + "; ".join(parts) + "; short of it on some problem: "
                              + ", ".join(_method_label(k, ttq["settings"]) for k in short) + f" {where}")
         elif suite == "early-stopping":
             for task, t in r["tasks"].items():
