@@ -44,6 +44,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from ugodit_pl.arguments import check_choice, whole
+
 KEEP_CHOICES = ("latest", "middle", "mean")
 
 
@@ -114,13 +116,10 @@ class WMVEarlyStopping(pl.Callback):
         self, window: int = 100, patience: int = 1000, check_every: int = 1, keep: str = "latest", verbose: bool = False
     ) -> None:
         super().__init__()
-        for name, value in (("window", window), ("patience", patience), ("check_every", check_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"WMVEarlyStopping: {name} must be a positive int, got {value!r}")
-        if window < 2:
-            raise ValueError(f"WMVEarlyStopping: window must be >= 2 (a variance needs two outputs), got {window}")
-        if keep not in KEEP_CHOICES:
-            raise ValueError(f"WMVEarlyStopping: keep must be one of {KEEP_CHOICES}, got {keep!r}")
+        whole("WMVEarlyStopping: window (a variance needs two outputs)", window, minimum=2)
+        whole("WMVEarlyStopping: patience", patience, minimum=1)
+        whole("WMVEarlyStopping: check_every", check_every, minimum=1)
+        check_choice("WMVEarlyStopping: keep", keep, KEEP_CHOICES)
         self.window = int(window)
         self.patience = int(patience)
         self.check_every = int(check_every)

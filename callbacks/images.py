@@ -37,9 +37,10 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 import pytorch_lightning as pl
 import torch
-
-from ugodit_pl.atomic import atomic_path
 from ugodit_pl.callbacks.early_stopping import current_output_of, row_ids
+
+from ugodit_pl.arguments import positive, whole
+from ugodit_pl.atomic import atomic_path
 
 __all__ = ["ReconstructionImages", "display_images"]
 
@@ -93,11 +94,9 @@ class ReconstructionImages(pl.Callback):
     def __init__(self, every_n_steps: int = 100, max_images: int = 4, error_gain: float = 1.0,
                  prefix: str = "images/") -> None:
         super().__init__()
-        for name, value in (("every_n_steps", every_n_steps), ("max_images", max_images)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ReconstructionImages: {name} must be a positive int, got {value!r}")
-        if not float(error_gain) > 0:
-            raise ValueError(f"ReconstructionImages: error_gain must be > 0, got {error_gain!r}")
+        whole("ReconstructionImages: every_n_steps", every_n_steps, minimum=1)
+        whole("ReconstructionImages: max_images", max_images, minimum=1)
+        positive("ReconstructionImages: error_gain", error_gain)
         self.every_n_steps, self.max_images = int(every_n_steps), int(max_images)
         self.error_gain, self.prefix = float(error_gain), str(prefix)
         self.written: List[Path] = []  # the PNG files written (no image-taking logger)

@@ -31,8 +31,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_only
-
 from ugodit_pl.callbacks.early_stopping import current_output_of, row_ids
+
+from ugodit_pl.arguments import whole
 
 # Direction of improvement of each metric (True: higher is better).
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "nmse": False}
@@ -80,8 +81,7 @@ class ReconstructionMetrics(pl.Callback):
         self, every_n_steps: int = 10, log_ema: bool = True, print_summary: bool = True, prefix: str = "metrics/"
     ) -> None:
         super().__init__()
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"ReconstructionMetrics: every_n_steps must be a positive int, got {every_n_steps!r}")
+        whole("ReconstructionMetrics: every_n_steps", every_n_steps, minimum=1)
         self.every_n_steps = int(every_n_steps)
         self.log_ema = bool(log_ema)
         self.print_summary = bool(print_summary)

@@ -39,6 +39,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from ugodit_pl.arguments import whole
+
 
 def step_loss_of(outputs: Any) -> torch.Tensor:
     """The loss of a training step from what ``training_step`` returned (a tensor or ``{"loss": ...}``)."""
@@ -85,14 +87,11 @@ class DivergenceRollback(pl.Callback):
         super().__init__()
         if factor is not None and not (float(factor) > 1.0):
             raise ValueError(f"DivergenceRollback: factor must be > 1 (or None), got {factor!r}")
-        if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"DivergenceRollback: snapshot_every must be a positive int, got {snapshot_every!r}")
+        whole("DivergenceRollback: snapshot_every", snapshot_every, minimum=1)
         if not 0.0 < float(lr_factor) <= 1.0:
             raise ValueError(f"DivergenceRollback: lr_factor must be in (0, 1], got {lr_factor!r}")
-        if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or max_rollbacks < 0:
-            raise ValueError(f"DivergenceRollback: max_rollbacks must be an int >= 0, got {max_rollbacks!r}")
-        if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 0:
-            raise ValueError(f"DivergenceRollback: min_steps must be an int >= 0, got {min_steps!r}")
+        whole("DivergenceRollback: max_rollbacks", max_rollbacks, minimum=0)
+        whole("DivergenceRollback: min_steps", min_steps, minimum=0)
         self.factor = None if factor is None else float(factor)
         self.snapshot_every = int(snapshot_every)
         self.lr_factor = float(lr_factor)

@@ -28,8 +28,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from ugodit_pl.arguments import check_choice, whole
 from ugodit_pl.atomic import atomic_path
-from ugodit_pl.methods.base import logs_metrics_at
+from ugodit_pl.methods.trainer_access import logs_metrics_at
 
 MODES = ("min", "max")
 
@@ -45,7 +46,7 @@ class TransferableWeightsCheckpoint(pl.Callback):
             ``"train/data_consistency"``); when set, the best value is tracked and the weights at
             the best value are written to ``dirpath/best_<filename>``. It is checked at the steps
             where the method logs it (the first, the last and every ``log_every_n_steps``-th of the
-            Trainer, ``ugodit_pl.methods.base.logs_metrics_at``) that are also multiples of
+            Trainer, ``ugodit_pl.methods.trainer_access.logs_metrics_at``) that are also multiples of
             ``every_n_steps`` when that is set; each improvement writes a file, so these settings limit
             the writes on large encoders.
         mode: ``"min"`` or ``"max"``: whether a smaller or a larger ``monitor`` value is better.
@@ -73,12 +74,9 @@ class TransferableWeightsCheckpoint(pl.Callback):
         super().__init__()
         if not filename or os.sep in filename or (os.altsep and os.altsep in filename):
             raise ValueError(f"TransferableWeightsCheckpoint: filename must be a plain file name, got {filename!r}")
-        if every_n_steps is not None and (
-            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1
-        ):
-            raise ValueError(f"TransferableWeightsCheckpoint: every_n_steps must be a positive int or None, got {every_n_steps!r}")
-        if mode not in MODES:
-            raise ValueError(f"TransferableWeightsCheckpoint: mode must be one of {MODES}, got {mode!r}")
+        if every_n_steps is not None:
+            whole("TransferableWeightsCheckpoint: every_n_steps (or None)", every_n_steps, minimum=1)
+        check_choice("TransferableWeightsCheckpoint: mode", mode, MODES)
         if not save_last and every_n_steps is None and monitor is None:
             raise ValueError(
                 "TransferableWeightsCheckpoint would never write a file: set save_last=True, every_n_steps or monitor"

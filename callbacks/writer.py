@@ -64,10 +64,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from ugodit_pl.callbacks.early_stopping import row_ids
 
 from ugodit_pl.atomic import atomic_path
 from ugodit_pl.complex import magnitude
-from ugodit_pl.callbacks.early_stopping import row_ids
 
 PARTIAL_DIR = ".partial"
 FORMAT = "ugodit-pl/reconstruction"

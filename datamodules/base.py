@@ -2,10 +2,10 @@
 served as ONE pre-collated batch at every training step.
 
 Every method fits a fixed set of N measurements with one optimiser step per training step, and every
-step needs the whole set (of this rank). So ``train_dataloader()`` is a ``DataLoader`` over
-:class:`RepeatedBatch`, an ``IterableDataset`` that yields the same collated batch
-``steps_per_epoch`` times (``batch_size=None``, ``num_workers=0``). Lightning injects no
-``DistributedSampler`` into iterable datasets, so the sharding below is the only one.
+step needs the whole set (of this rank). So ``train_dataloader()`` is :class:`RepeatedBatch`, an
+iterable that yields the same collated batch ``steps_per_epoch`` times in this process. It is not
+a ``DataLoader``: Lightning injects no ``DistributedSampler`` into it (the sharding below is the
+only one) and has no worker or ``__len__`` warning to give about it.
 
 Sharding: rank r of w ranks holds the measurements at global positions r, r + w, r + 2w, ... (no
 padding, no duplicates; N need not be divisible by w); each batch's ``index`` holds the global
@@ -23,12 +23,13 @@ selected set) and ``_load_measurement(position)`` (reads one measurement, return
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
+
+from ugodit_pl.arguments import check_choice, whole
 
 from .collate import collate_measurements
 from .errors import DataError
@@ -40,13 +41,6 @@ ROLES = ("test", "pretrain")
 methods) or the group pre-training measurements (UGoDIT pre-training)."""
 
 
-def _silence_len_warning() -> None:
-    """RepeatedBatch defines ``__len__`` so that Lightning knows the epoch length; Lightning then warns
-    that ``__len__`` can be wrong with multi-process loading, which cannot apply here (the batch is
-    yielded in the main process, ``num_workers=0``). Only that message is filtered."""
-    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined", category=Warning)
-
-
 class RepeatedBatch(IterableDataset):
     """Yields (a shallow copy of) ``batch`` ``steps`` times.
 
@@ -56,8 +50,7 @@ class RepeatedBatch(IterableDataset):
 
     def __init__(self, batch: dict[str, Any], steps: int) -> None:
         super().__init__()
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        whole("steps", steps, minimum=1)
         self.batch = batch
         self.steps = int(steps)
 
@@ -106,10 +99,8 @@ class MeasurementDataModule(pl.LightningDataModule):
 
     def __init__(self, role: str = "test", steps_per_epoch: int = 100) -> None:
         super().__init__()
-        if role not in ROLES:
-            raise DataError(f"role must be one of {ROLES}, got {role!r}")
-        if int(steps_per_epoch) < 1:
-            raise DataError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        check_choice("role", role, ROLES, error=DataError)
+        whole("steps_per_epoch", steps_per_epoch, minimum=1, error=DataError)
         self.role = role
         self.steps_per_epoch = int(steps_per_epoch)
         self._batch: dict[str, Any] | None = None
@@ -171,12 +162,15 @@ class MeasurementDataModule(pl.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}.setup() has not been called yet")
         return self._batch
 
-    def train_dataloader(self) -> DataLoader:
-        """The rank's whole batch, ``steps_per_epoch`` times per epoch."""
-        _silence_len_warning()
-        return DataLoader(RepeatedBatch(self.batch, self.steps_per_epoch), batch_size=None, num_workers=0)
+    def train_dataloader(self) -> RepeatedBatch:
+        """The rank's whole batch, ``steps_per_epoch`` times per epoch.
 
-    def predict_dataloader(self) -> DataLoader:
+        A plain iterable with a length rather than a ``DataLoader``: the batch is collated already and
+        served in this process, so Lightning has no sampler to inject and no worker or ``__len__``
+        warning to give (nothing here changes the user's warning filters).
+        """
+        return RepeatedBatch(self.batch, self.steps_per_epoch)
+
+    def predict_dataloader(self) -> RepeatedBatch:
         """The rank's whole batch once (e.g. to write reconstructions after a fit)."""
-        _silence_len_warning()
-        return DataLoader(RepeatedBatch(self.batch, 1), batch_size=None, num_workers=0)
+        return RepeatedBatch(self.batch, 1)

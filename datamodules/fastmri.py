@@ -58,6 +58,8 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 
+from ugodit_pl.arguments import check_choice, number
+
 from .base import MeasurementDataModule
 from .errors import DataError
 from .fastmri_io import (
@@ -132,9 +134,9 @@ class FastMRIDataModule(MeasurementDataModule):
         steps_per_epoch: int = 100,
     ) -> None:
         super().__init__(role=role, steps_per_epoch=steps_per_epoch)
-        if mask not in MASK_KINDS:
-            raise DataError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
-        acceleration, center_fraction = _number("acceleration", acceleration), _number("center_fraction", center_fraction)
+        check_choice("mask", mask, MASK_KINDS, error=DataError)
+        acceleration = number("acceleration", acceleration, error=DataError)
+        center_fraction = number("center_fraction", center_fraction, error=DataError)
         if mask in ("random", "equispaced", "poisson"):
             if not acceleration >= 1.0:
                 raise DataError(f"acceleration must be >= 1 (full sampling), got {acceleration}")
@@ -142,10 +144,8 @@ class FastMRIDataModule(MeasurementDataModule):
                 raise DataError(f"center_fraction must lie in (0, 1), got {center_fraction}")
         if (mask == "path") != (mask_path is not None):
             raise DataError("mask='path' and mask_path go together: give both or neither")
-        if coil_maps not in COIL_MAP_KINDS:
-            raise DataError(f"coil_maps must be one of {COIL_MAP_KINDS}, got {coil_maps!r}")
-        if target is not None and target not in TARGET_KINDS:
-            raise DataError(f"target must be one of {TARGET_KINDS} or None, got {target!r}")
+        check_choice("coil_maps", coil_maps, COIL_MAP_KINDS, error=DataError)
+        check_choice("target", target, (*TARGET_KINDS, None), error=DataError)
         if crop_size is not None:
             if len(crop_size) != 2 or any(int(c) < 1 for c in crop_size):
                 raise DataError(f"crop_size must be (h, w) with positive sizes, got {crop_size!r}")
@@ -343,13 +343,6 @@ class FastMRIDataModule(MeasurementDataModule):
         images = ifft2c(kspace)
         combined = images[0] if maps is None else (maps.conj() * images).sum(dim=0)
         return combined.abs().to(torch.float32)
-
-
-def _number(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{name} must be a number, got {value!r}") from None
 
 
 def _name(info: VolumeInfo, index: int) -> str:

@@ -45,6 +45,8 @@ from typing import Any, Optional
 
 import torch
 
+from ugodit_pl.arguments import check_choice, non_negative, positive, whole
+
 from .base import MeasurementDataModule
 from .errors import DataError
 from .image_io import IMAGE_SUFFIXES, probe_size, read_rgb, resize_square, square_crop
@@ -143,14 +145,13 @@ class DegradedImageDataModule(MeasurementDataModule):
         super().__init__(role=role, steps_per_epoch=steps_per_epoch)
         if operator not in OPERATOR_NAMES:
             raise DataError(f"unknown operator {operator!r}; known operators: {', '.join(OPERATOR_NAMES)}")
-        if noise not in NOISE_KINDS:
-            raise DataError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
-        if noise == "gaussian" and not float(noise_sigma) >= 0:
-            raise DataError(f"noise_sigma must be >= 0, got {noise_sigma}")
-        if noise == "poisson" and not float(noise_rate) > 0:
-            raise DataError(f"noise_rate must be > 0, got {noise_rate}")
-        if size is not None and int(size) < 1:
-            raise DataError(f"size must be a positive int or None, got {size}")
+        check_choice("noise", noise, NOISE_KINDS, error=DataError)
+        if noise == "gaussian":
+            non_negative("noise_sigma", noise_sigma, error=DataError)
+        if noise == "poisson":
+            positive("noise_rate", noise_rate, error=DataError)
+        if size is not None:
+            whole("size", size, minimum=1, error=DataError)
         self.images = images
         self.pretrain_images = pretrain_images
         self.data_dir = data_dir

@@ -139,11 +139,47 @@ def test_pretrain_save_fit_round_trip_keeps_encoder_frozen(tmp_path):
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=f"encoder {key} changed")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transferable_weights_keep_their_precision(tmp_path, dtype):
+    """A float64 pre-training gives a float64 fit, its encoder bit for bit; float32 stays float32."""
+    pre = UGoDITPretrain(num_measurements=2, network="unet", network_args=TINY_UNET, lr=3e-3, update_every=3,
+                         weights_path=str(tmp_path / "encoder.pt")).to(dtype)
+    fit(pre, mri_batch(num=2, size=32, seed=1), 2)
+    fitter = UGoDITFit(weights=str(tmp_path / "encoder.pt"))
+    assert fitter.dtype == dtype and {p.dtype for p in fitter.parameters()} == {dtype}
+    for key, value in pre.encoder.state_dict().items():
+        assert torch.equal(fitter.encoder.state_dict()[key], value), key
+    fit(fitter, mri_batch(num=1, size=32, seed=7), 2)
+    assert fitter.fit_state.ema.dtype == dtype and fitter.current_output.dtype == dtype
+
+
+def test_a_float64_fit_computes_in_float64_from_its_measurements():
+    """complex64 k-space enters a float64 fit as complex128: its scale and normalised data are float64."""
+    batch = mri_batch(num=1, size=32, seed=3)
+    method = fit(ASeqDIP(network="unet", network_args=TINY_UNET, lr=3e-3).double(), batch, 1)
+    assert method.fit_state.scales.dtype == torch.float64
+    assert method._checked_batch.y.dtype == torch.complex128
+    assert batch["y"].dtype == torch.complex64  # the caller's batch is not touched
+
+
 def test_fit_decoder_is_reinitialised(tmp_path):
     _, path = pretrain(tmp_path, steps=2)
     fitter = UGoDITFit(weights=str(path))
     weights = [p for n, p in fitter.decoders.named_parameters() if n.endswith("weight") and p.dim() == 5]
     assert weights and all(abs(float(w.detach().std()) - 0.02) < 0.005 for w in weights if w[0].numel() > 500)
+
+
+def test_fit_network_init_chooses_the_fresh_decoder(tmp_path):
+    """network_init="default" gives PyTorch's layer initialisation (seeded), not the authors' N(0, 0.02)."""
+    _, path = pretrain(tmp_path, steps=2)
+    normal, default = (UGoDITFit(weights=str(path), network_init=init, residual=False) for init in ("normal", "default"))
+    again = UGoDITFit(weights=str(path), network_init="default", residual=False)
+    for (name, a), b, c in zip(normal.decoders.named_parameters(), default.decoders.parameters(), again.decoders.parameters()):
+        assert torch.equal(b, c), name
+        if a.dim() == 5 and a[0].numel() > 500:
+            assert abs(float(b.std()) - 0.02) > 0.005 and not torch.equal(a, b), name
+    for key, value in normal.encoder.state_dict().items():  # the encoder is the file's either way
+        assert torch.equal(value, default.encoder.state_dict()[key]), key
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -232,7 +232,7 @@ def test_state_dict_round_trip_and_input_checks():
         stack(deepest[:1], [s[:1] for s in skips], indices=torch.tensor([4]))
     with pytest.raises(ValueError, match="distinct"):
         stack(deepest[:2], [s[:2] for s in skips], indices=torch.tensor([1, 1]))
-    with pytest.raises(ValueError, match="num must be a positive int"):
+    with pytest.raises(ValueError, match="num must be a whole number >= 1"):
         ModuleStack(net.decoder, 0)
 
 

@@ -1,13 +1,17 @@
 """Every method's output after 20 fixed-seed steps at a tiny size, pinned (MRI and images).
 
 ``data/pinned_outputs.json`` holds the reconstruction (EMA) and the last output of each method, fitted
-in float64 (so that round-off cannot move them by more than the tolerance on another CPU), each at its
+in float64 end to end (the problems are built in float64 and rounded once, the measurements enter the
+fit in its precision, and UGoDITFit keeps the float64 transferable weights), so that neither the CPU's
+instruction set nor the thread count moves them by more than the tolerance; each at its
 defaults but for the learning rate (1e-2; 3e-3 for the residual MRI U-Nets, whose tiny fits amplify
 round-off at 1e-2). History: the natural-image values and the MRI DIP were recorded after the
 fitting loop was rewritten (its noise is drawn per measurement, Self-Guided DIP moves its input from
 the first step); the other MRI values after the residual U-Net, the coil-summed data term and the new
 Self-Guided DIP defaults (with ``residual=False`` and the old defaults the previous values still
-held to 1e-7). A change that moves any of them is a change of the methods' results: say so, then
+held to 1e-7); all of them again when the fit became float64 end to end (before, UGoDITFit rounded
+its encoder to float32 on load and the problems were built in float32, which moved UGoDITFit by 3e-5
+of the peak on an AMD EPYC against the Intel Xeon that recorded them). A change that moves any of them is a change of the methods' results: say so, then
 re-record with ``python tests/test_pinned_outputs.py``.
 """
 
@@ -65,9 +69,16 @@ def pinned_outputs(task: str) -> Dict[str, Dict[str, List[float]]]:
     return results
 
 
-@pytest.fixture(scope="module", params=["mri", "sr"])
+@pytest.fixture(scope="module", params=[("mri", 1), ("mri", 2), ("sr", 1), ("sr", 2)], ids=lambda p: f"{p[0]}-{p[1]}thread")
 def outputs(request):
-    return request.param, pinned_outputs(request.param)
+    """The task's outputs fitted at 1 and at 2 threads: neither the CPU nor the thread count may move them."""
+    task, threads = request.param
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return task, pinned_outputs(task)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -301,20 +301,19 @@ def run_lightning(argv: Sequence[str]) -> int:
     """``ugodit fit|validate|test|predict ...``: run the LightningCLI on ``argv`` (subcommand first)."""
     from ugodit_pl.apps.runtime import quiet_lightning
 
-    quiet_lightning()
-    cli_class = lightning_cli_class()
-    cli_class(
-        model_class=None,
-        datamodule_class=None,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=list(argv),
-        run=True,
-        seed_everything_default=False,
-        auto_configure_optimizers=False,
-        parser_kwargs={"exit_on_error": False},
-        save_config_kwargs={"overwrite": True},
-    )
+    with quiet_lightning():
+        lightning_cli_class()(
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=list(argv),
+            run=True,
+            seed_everything_default=False,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
+            save_config_kwargs={"overwrite": True},
+        )
     return 0
 
 

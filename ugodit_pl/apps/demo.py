@@ -443,6 +443,7 @@ def _device(accelerator: str) -> str:
     return "cpu"
 
 
+@quiet_lightning()
 def run_demo(settings: DemoSettings, out: Path, *, show_progress: bool = True, accelerator: str = "auto",
              console=None) -> Dict[str, Any]:
     """Run the demo with ``settings``, write its files into ``out`` and return results.json's content."""
@@ -452,7 +453,6 @@ def run_demo(settings: DemoSettings, out: Path, *, show_progress: bool = True, a
 
     console = console or Console()
     device = _device(accelerator)
-    quiet_lightning()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total_start = time.perf_counter()

@@ -48,6 +48,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ugodit_pl.apps.io import write_json
 from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
+from ugodit_pl.methods.defaults import SEQUENTIAL_DEFAULTS
 
 SUMMARY = "reconstruct_summary.json"
 DEFAULT_STEPS = {"mri": 2000, "image": 20000}
@@ -325,6 +326,7 @@ def _writer_key(item: Item) -> Tuple[Any, ...]:
     return (item.path.name,) if item.slice is None else (item.path.name, int(item.slice))
 
 
+@quiet_lightning()
 def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, Any]:
     """Reconstruct the plan's pending items chunk by chunk; print and return the summary.
 
@@ -336,7 +338,6 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
     from ugodit_pl.callbacks import ReconstructionWriter
     from ugodit_pl.callbacks.writer import NonFiniteReconstruction
 
-    quiet_lightning()
     console = console or Console()
     main_process = _is_global_zero()
     writer = ReconstructionWriter(plan.out, overwrite=plan.overwrite)
@@ -482,12 +483,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help="a `ugodit fit` YAML (e.g. configs/mri_ugodit_fit_4x.yaml) "
                         "for the model and data settings")
     parser.add_argument("--steps", type=int, default=None, help="test-time steps per chunk (default: the config's "
-                        "trainer.max_steps, else 2000 for MRI and 20000 for images)")
+                        f"trainer.max_steps, else {DEFAULT_STEPS['mri']} for MRI and {DEFAULT_STEPS['image']} for images)")
     parser.add_argument("--slices", default="all", help="slices of each file: all (default), middle, 'a:b', an int")
     parser.add_argument("--chunk-size", type=int, default=4,
                         help="items fitted together in one Trainer.fit (default 4)")
-    parser.add_argument("--lr", type=float, default=None, help="decoder learning rate (default: the config's, else 4e-4 "
-                        "for the U-Net and 0.01 for the skip network)")
+    parser.add_argument("--lr", type=float, default=None, help="decoder learning rate (default: the config's, else "
+                        f"{SEQUENTIAL_DEFAULTS['unet']['lr']:g} for the U-Net and {SEQUENTIAL_DEFAULTS['skip']['lr']:g} "
+                        "for the skip network: ugodit_pl.methods.defaults)")
     parser.add_argument("--devices", default="1", help="devices per chunk: a number (default 1) or a list of ids "
                         "such as 0,1; more than one shards each chunk over processes (DDP)")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto (default), cpu, gpu")

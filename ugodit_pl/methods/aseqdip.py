@@ -10,37 +10,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
-from ugodit_pl.methods.base import ReconstructionMethod, Step
-from ugodit_pl.methods.arguments import check_choice, non_negative, whole
+from ugodit_pl.arguments import check_choice, non_negative, whole
+from ugodit_pl.methods.base import ReconstructionMethod
+from ugodit_pl.methods.batches import Step
+from ugodit_pl.methods.defaults import SEQUENTIAL_DEFAULTS, network_default
 from ugodit_pl.methods.inputs import INPUT_UPDATES, updated_input
 from ugodit_pl.methods.networks import per_measurement_networks
-
-
-#: Defaults per network of the aSeqDIP objective (aSeqDIP, UGoDIT pre-training and fitting).
-#: The skip net keeps the authors' lambda = 2 and lr 0.01 (their natural-image code, mean squared
-#: errors). For the MRI U-Net the authors' lambda = 2 holds the output near A^H y; on the real brain
-#: slice (4x, 600 steps) lambda 0.1 with lr 1e-3 gave UGoDIT 22.66 dB and aSeqDIP 21.35 dB against
-#: 20.00 / 19.07 dB with lambda 2 and lr 3e-4 / 4e-4 (docs/RESULTS.md, transfer-study_settings), and
-#: 0.03 or 1 were worse on the real-MRI panel. That 0.1 was measured with the data term averaged over
-#: 8 coils; the data term is now summed over the coils (``ReconstructionMethod.data_term``), so the
-#: same weight is 0.8 and does not change with the coil count.
-SEQUENTIAL_DEFAULTS: Dict[str, Dict[str, float]] = {"unet": {"lam": 0.8, "lr": 1e-3}, "skip": {"lam": 2.0, "lr": 0.01}}
 
 
 class SequentialInputObjective(ReconstructionMethod):
     """The aSeqDIP objective and input schedule, for any network layout (aSeqDIP and UGoDIT).
 
     Args:
-        lam: weight lambda of ||f(z) - z||; None = ``SEQUENTIAL_DEFAULTS`` for the network (2 for the
-            skip net, the authors' value; 0.8 for the MRI U-Net, see ``SEQUENTIAL_DEFAULTS``).
-        update_every: N, steps between input updates (10 in the authors' code).
+        lam: weight lambda of ||f(z) - z||; None = ``SEQUENTIAL_DEFAULTS`` for the network (whose
+            comment says which value is the authors' and why the other one changed).
+        update_every: N, steps between input updates (the authors' value).
         input_update: ``"sequential"`` (z <- f(z)) or ``"data_consistent"``.
         **kwargs: the arguments of ``ReconstructionMethod``; ``lr=None`` takes
-            ``SEQUENTIAL_DEFAULTS`` (1e-3 for the U-Net, 0.01 for the skip net).
+            ``SEQUENTIAL_DEFAULTS`` for the network.
     """
 
     def __init__(
@@ -51,11 +42,11 @@ class SequentialInputObjective(ReconstructionMethod):
         input_update: str = "sequential",
         **kwargs: Any,
     ) -> None:
-        defaults = SEQUENTIAL_DEFAULTS.get(str(kwargs.get("network", "unet")).lower(), {})
-        if kwargs.get("lr") is None and "lr" in defaults:
+        defaults = network_default(SEQUENTIAL_DEFAULTS, kwargs.get("network", "unet"))
+        if kwargs.get("lr") is None:
             kwargs["lr"] = defaults["lr"]
         super().__init__(**kwargs)
-        self.lam = non_negative("lam", defaults.get("lam", 2.0) if lam is None else lam)
+        self.lam = non_negative("lam", defaults["lam"] if lam is None else lam)
         self.update_every = whole("update_every", update_every, minimum=1)
         self.input_update = check_choice("input_update", input_update, INPUT_UPDATES)
 

@@ -8,7 +8,7 @@ The loop, with the hooks it lives in (docs/ARCHITECTURE.md, "The fitting loop"):
     training_step     step = begin_step(batch)             rows, y_i / s_i, A_i (checked)
                       z = the rows' inputs                  (aSeqDIP / UGoDIT: z <- f(z) every N steps)
                       out = f(z)                            forward (the method's networks)
-                      loss = the method's objective         (DESIGN.md's table)
+                      loss = the method's objective         (its paper's equation, in its module)
                       return end_step(step, loss, ...)      EMA and last output, step counters, logs
                                                             (``logs_metrics_at``: every log_every_n_steps)
     Lightning         backward, gradient clipping, optimiser step (the weights; z of Self-Guided DIP)
@@ -33,178 +33,48 @@ Usage (any subclass)::
 
 from __future__ import annotations
 
-import inspect
 import warnings
-import weakref
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ugodit_pl.methods.arguments import check_choice, fraction, positive, whole
+from ugodit_pl.arguments import check_choice, fraction, positive, whole
+from ugodit_pl.methods.batches import CheckedBatch, Step, batch_rows, check_batch_layout, measurement_fingerprints
+from ugodit_pl.methods.compiling import compile_arguments
+from ugodit_pl.methods.defaults import DEFAULT_LR, default_residual, network_default
 from ugodit_pl.methods.inputs import INPUT_INITS, initial_input
-from ugodit_pl.methods.losses import check_loss_norm, residual_norm
+from ugodit_pl.methods.losses import LOSS_NORMS, residual_norm
 from ugodit_pl.methods.networks import NETWORK_INITS
 from ugodit_pl.methods.optim import adam, check_optimizer_args
-from ugodit_pl.methods.scaling import apply_scale, measurement_scale, undo_scale
+from ugodit_pl.methods.results import FittedResults, ema_past_weight
+from ugodit_pl.methods.scaling import apply_scale, in_precision, measurement_scale
 from ugodit_pl.methods.state import FitState
-from ugodit_pl.operators.base import Operator
-
-# The methods define validation_step for ``ugodit validate`` (metrics of a finished fit); a fit has no
-# validation set, so Lightning's warning about the missing val_dataloader is noise the library causes.
-warnings.filterwarnings("ignore", message=r".*You defined a `validation_step` but have no `val_dataloader`.*")
+from ugodit_pl.methods.trainer_access import attached_trainer, logs_metrics_at, training_batch, world_size
 
 OUTPUTS = ("ema", "last")
 EMA_VARIANTS = ("corrected", "authors")
 
-# The authors' learning rates (DESIGN.md), by network: natural images use the skip network,
-# MRI the U-Net. Methods look their default up here when ``lr`` is None.
-DEFAULT_LR = {"skip": 0.01, "unet": 3e-4}
 
+class ReconstructionMethod(FittedResults, pl.LightningModule):
+    """Base class of the methods: the fitting loop around a method's objective.
 
-def default_residual(network: str, input_init: str) -> bool:
-    """``residual=None``: f(z) = z + g(z) for the U-Net with an image input (see ``ReconstructionMethod``).
+    A subclass implements:
 
-    >>> default_residual("unet", "measurement"), default_residual("unet", "noise"), default_residual("skip", "measurement")
-    (True, False, False)
-    """
-    return network == "unet" and input_init != "noise"
+    - ``__init__``: build its networks (they must read ``self.network_name``, ``self.network_args``,
+      ``self.seed``, ``self.network_init`` and ``self.residual``), then ``self.save_hyperparameters()``;
+    - ``network_output(z, rows)``: f(z) for the rows ``rows`` of the set;
+    - ``training_step(batch, batch_idx)``: its paper's equation between the loop's two ends,
+      ``step = self.begin_step(batch)`` ... ``return self.end_step(step, loss, data, output)``, with the
+      loop's terms ``forward_rows``, ``data_term`` and ``proximity_term`` and the rows' inputs in
+      ``self.fit_state.inputs``;
 
-
-def world_size(module: pl.LightningModule) -> int:
-    """Number of processes taking part in the fit (1 outside a Trainer or without DDP)."""
-    trainer = module._trainer if hasattr(module, "_trainer") else None
-    if trainer is None or not dist.is_available() or not dist.is_initialized():
-        return 1
-    return trainer.world_size
-
-
-def training_batch(trainer: pl.Trainer) -> Mapping[str, Any]:
-    """The measurements this process will fit: its first training batch, read in ``setup``.
-
-    A ugodit-pl data module gives its collated batch (``.batch``, after its own ``setup``); any
-    other data module or dataloader gives the first item of its training dataloader.
-    """
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is not None and isinstance(getattr(type(datamodule), "batch", None), property):
-        return datamodule.batch
-    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
-    loader = source.dataloader() if source is not None else None
-    if loader is None:
-        raise ValueError("the fit has no training data: pass a data module or train_dataloaders to trainer.fit")
-    try:
-        return next(iter(loader))
-    except StopIteration:
-        raise ValueError("the training dataloader is empty: it must serve the measurements to fit") from None
-
-
-def compile_arguments(compile: Union[bool, Mapping[str, Any], None]) -> Optional[Dict[str, Any]]:
-    """The ``torch.compile`` arguments a method's ``compile`` option asks for (None: no compilation).
-
-    Static shapes (``dynamic=False``: a fit's shapes never change, and a dynamic-shape graph is what
-    failed to compile when a second fit of another size recompiled), and where torch has it
-    ``isolate_recompiles=True`` (each method's compilations count against its own limit, not against
-    those of the fits before it); the dict given overrides them.
-
-    >>> compile_arguments(False), compile_arguments(True)["dynamic"], compile_arguments({"mode": "max-autotune"})["mode"]
-    (None, False, 'max-autotune')
-    """
-    if compile is None or compile is False:
-        return None
-    if compile is not True and not isinstance(compile, Mapping):
-        raise TypeError(f"compile must be True, False or a dict of torch.compile arguments, got {compile!r}")
-    known = set(inspect.signature(torch.compile).parameters) - {"model"}
-    given = {} if compile is True else dict(compile)
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"compile: unknown torch.compile argument(s) {unknown}; it takes {sorted(known)}")
-    defaults = {"dynamic": False, **({"isolate_recompiles": True} if "isolate_recompiles" in known else {})}
-    return {**defaults, **given}
-
-
-def logs_metrics_at(trainer: pl.Trainer, step: int) -> bool:
-    """Whether the methods log ``train/loss`` and ``train/data_consistency`` at optimiser step ``step`` (from 1).
-
-    The first step, the last (``max_steps``) and every ``trainer.log_every_n_steps``-th: the steps whose
-    values Lightning's loggers write. Between them ``trainer.callback_metrics`` and the progress bar
-    hold the latest logged values. Logging a value costs Lightning about 1 ms (and an all-reduce under
-    DDP), a few % of a small fit step; ``log_every_n_steps=1`` logs every step.
-
-    >>> class T: log_every_n_steps, max_steps = 10, 25
-    >>> [s for s in range(1, 26) if logs_metrics_at(T, s)]
-    [1, 10, 20, 25]
-    """
-    return step == 1 or step % max(1, int(trainer.log_every_n_steps)) == 0 or step >= int(trainer.max_steps)
-
-
-def measurement_fingerprints(y: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """(num_rows,) float64: sum |y_i| of each row's measurement (rows not in ``rows`` are 0).
-
-    The fit checks every step that a row's measurement is the one it was set up with.
-    """
-    sums = y.detach().abs().to(torch.float64).reshape(len(rows), -1).sum(dim=1)
-    out = torch.zeros(num_rows, dtype=torch.float64, device=y.device)
-    out[rows.to(y.device)] = sums
-    return out
-
-
-@dataclass
-class CheckedBatch:
-    """A training batch that ``begin_step`` has checked, and what it derived from it.
-
-    It recognises the batch by identity: the same ``y``, ``operator`` and ``index`` objects, with ``y``
-    not modified in place since (its version counter). A loader that builds new tensors every step is
-    checked every step. ``support`` is the operator's image support (None: the whole image); the
-    outputs are recorded inside it only (the data never constrain the pixels outside it, so what the
-    network puts there is arbitrary; the reconstructions are reported inside the support only and
-    the loss is unaffected).
-    """
-
-    parts: Tuple[Any, ...]  # weak references to y, the operator and the index (or None)
-    version: int
-    rows: torch.Tensor
-    row_list: List[int]
-    y: torch.Tensor
-    support: Optional[torch.Tensor]
-
-    @staticmethod
-    def _parts(batch: Mapping[str, Any]) -> Optional[Tuple[Any, ...]]:
-        index = batch.get("index")
-        if index is not None and not isinstance(index, torch.Tensor):
-            return None  # a list or tuple: no identity to rely on
-        return (weakref.ref(batch["y"]), weakref.ref(batch["operator"]), None if index is None else weakref.ref(index))
-
-    @classmethod
-    def of(cls, batch: Mapping[str, Any], rows: torch.Tensor, row_list: List[int], y: torch.Tensor,
-           support: Optional[torch.Tensor]) -> "CheckedBatch":
-        return cls(cls._parts(batch) or (), batch["y"]._version, rows, row_list, y, support)
-
-    def serves(self, batch: Mapping[str, Any]) -> bool:
-        """Whether ``batch`` is the checked one, unchanged."""
-        index = batch.get("index")
-        if not self.parts or (index is None) != (self.parts[2] is None) or not isinstance(index, (torch.Tensor, type(None))):
-            return False
-        same = self.parts[0]() is batch["y"] and self.parts[1]() is batch["operator"]
-        return same and (index is None or self.parts[2]() is index) and batch["y"]._version == self.version
-
-
-@dataclass
-class Step:
-    """What one training step works on: this process's rows, their normalised measurements, their operator."""
-
-    rows: torch.Tensor      # (B,) positions in the set, on the module's device
-    row_list: List[int]     # the same, as Python ints
-    counts: List[int]       # training steps each row has taken before this one
-    y: torch.Tensor         # (B, ...) the measurements divided by their scales
-    operator: Operator
-    support: Optional[torch.Tensor] = None  # (B|1, 1, H, W): where the outputs are recorded (None: everywhere)
-
-
-class ReconstructionMethod(pl.LightningModule):
-    """Base class of the methods. See the module docstring for the loop.
+    and may override ``schedule_period`` (steps between input updates), ``parameter_groups`` (more
+    trainable tensors, e.g. Self-Guided DIP's z, with ``optimises_inputs = True``) and ``prepare``
+    (checks of its own before the state is sized; call ``super().prepare(batch)``).
+    Everything else, the state, scales, EMA, logging, DDP and the results (``FittedResults``), is here.
 
     Args:
         num_measurements: N, the size of the set fitted together (the data module's
@@ -225,7 +95,7 @@ class ReconstructionMethod(pl.LightningModule):
             as Adam does with its moments, so early EMAs average the outputs seen so far) or
             ``"authors"`` (the authors' code: once every input-update period, starting from zeros,
             on the output clipped to [0, 1] for natural images).
-        normalize: divide each measurement by its scale (DESIGN.md "Scale") and undo it on the
+        normalize: divide each measurement by its scale (``ugodit_pl.methods.scaling``) and undo it on the
             outputs; None = only for complex (MRI) measurements.
         normalize_percentile: the percentile of |A^H y| that the scale maps to 1.
         residual: the network predicts a correction of its input, f(z) = z + g(z), with g's output
@@ -272,7 +142,7 @@ class ReconstructionMethod(pl.LightningModule):
         compile: Union[bool, Dict[str, Any]] = False,
     ) -> None:
         super().__init__()
-        check_loss_norm(loss_norm)
+        check_choice("loss_norm", loss_norm, LOSS_NORMS)
         check_choice("output", output, OUTPUTS)
         check_choice("input_init", input_init, INPUT_INITS)
         check_choice("ema_variant", ema_variant, EMA_VARIANTS)
@@ -281,7 +151,7 @@ class ReconstructionMethod(pl.LightningModule):
         self.network_name = network.lower()
         self.network_args = dict(network_args or {})
         self.network_init = network_init
-        self.lr = positive("lr", lr) if lr is not None else DEFAULT_LR.get(self.network_name, 1e-3)
+        self.lr = positive("lr", lr) if lr is not None else network_default(DEFAULT_LR, self.network_name)
         self.optimizer_args = check_optimizer_args(optimizer_args)
         self.loss_norm = loss_norm
         self.output = output
@@ -384,9 +254,9 @@ class ReconstructionMethod(pl.LightningModule):
         A state already sized for the same problem (a second ``trainer.fit`` that continues a fit)
         is kept as it is.
         """
-        self._check_batch_layout(batch)
-        raw_y, operator = batch["y"], batch["operator"]
-        rows = self._index_of(batch).cpu()
+        check_batch_layout(batch, self.num_measurements, type(self).__name__)
+        raw_y, operator = in_precision(batch["y"], self.dtype), batch["operator"]
+        rows = batch_rows(batch, self.device).cpu()
         try:
             start = operator.init_input(raw_y)
             measured = tuple(operator(start).shape)
@@ -398,14 +268,15 @@ class ReconstructionMethod(pl.LightningModule):
                 f"{type(operator).__name__} produces {measured}"
             )
         self._complex_data = bool(raw_y.is_complex())
-        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        device = self.trainer.strategy.root_device if attached_trainer(self) is not None else self.device
         self.fit_state.owned = self._claim_rows(rows, device)
         if self._should_normalize(raw_y):
             scale = measurement_scale(operator, raw_y, self.normalize_percentile)
             y = apply_scale(raw_y, scale)
         else:
-            scale, y = torch.ones(raw_y.shape[0], dtype=torch.float32), raw_y
+            scale, y = torch.ones(raw_y.shape[0], dtype=self.dtype), raw_y
         reference = batch.get("reference")
+        reference = None if reference is None else in_precision(reference, self.dtype)
         if reference is not None and self._should_normalize(raw_y):
             reference = apply_scale(reference, scale)
         z = initial_input(self.input_init, operator, y, channels=self.input_channel_count, seed=self.seed,
@@ -491,9 +362,9 @@ class ReconstructionMethod(pl.LightningModule):
         return Step(rows=memo.rows, row_list=memo.row_list, counts=counts, y=memo.y, operator=batch["operator"],
                     support=memo.support)
 
-    def _check_step_batch(self, batch: Mapping[str, Any]) -> "CheckedBatch":
-        self._check_batch_layout(batch)
-        rows = self._index_of(batch)
+    def _check_step_batch(self, batch: Mapping[str, Any]) -> CheckedBatch:
+        check_batch_layout(batch, self.num_measurements, type(self).__name__)
+        rows = batch_rows(batch, self.device)
         row_list = rows.tolist()
         owned = self.fit_state.owned
         if owned is None or not self.fit_state.allocated:
@@ -511,9 +382,9 @@ class ReconstructionMethod(pl.LightningModule):
                 f"the measurements of rows {rows[changed].tolist()} differ from those the fit was set up with: a loader "
                 f"must serve the same measurement under the same index at every step"
             )
-        y = raw_y
+        y = in_precision(raw_y, self.fit_state.scales.dtype)
         if self._should_normalize(y):
-            y = apply_scale(y, self.fit_state.scales[rows].float())  # y keeps its own precision
+            y = apply_scale(y, self.fit_state.scales[rows])
         support = batch["operator"].image_support()
         return CheckedBatch.of(batch, rows, row_list, y, None if support is None else support.to(y.device))
 
@@ -522,7 +393,7 @@ class ReconstructionMethod(pl.LightningModule):
         output = output.detach() if step.support is None else output.detach() * step.support.to(output.dtype)
         self._record_output(output, step)
         self.fit_state.steps[step.row_list] += 1
-        if self._trainer is not None and logs_metrics_at(self.trainer, self.trainer.global_step + 1):
+        if attached_trainer(self) is not None and logs_metrics_at(self.trainer, self.trainer.global_step + 1):
             sync = world_size(self) > 1
             self.log("train/loss", loss.sum(), prog_bar=True, batch_size=len(step.row_list), sync_dist=sync,
                      reduce_fx="sum")
@@ -536,134 +407,12 @@ class ReconstructionMethod(pl.LightningModule):
         due = [(count + 1) % self.schedule_period == 0 for count in step.counts]
         if self.ema_variant == "corrected" or all(due):
             averaged = output.clamp(0.0, 1.0) if self.ema_variant == "authors" and not self._complex_data else output
-            past = self._ema_past_weight(state.ema_count[rows]).view(-1, *([1] * (output.ndim - 1)))
+            past = ema_past_weight(state.ema_count[rows], self.ema_decay, self.ema_variant).view(-1, *([1] * (output.ndim - 1)))
             state.write("ema", rows, past * state.ema[rows] + (1.0 - past) * averaged)
             state.write("ema_count", rows, state.ema_count[rows] + 1)
         state.write("last", rows, output)
         state.share("ema", "last", "ema_count")
         self.last_index = rows
-
-    def _ema_past_weight(self, count: torch.Tensor) -> torch.Tensor:
-        """Weight of the old EMA for rows that have had ``count`` outputs averaged.
-
-        Corrected: the EMA after t outputs equals sum_k (1 - d) d^(t-k) out_k / (1 - d^t), which this
-        weight, d (1 - d^n) / (1 - d^(n+1)) for n = count, produces step by step. Authors': d, from a
-        zero EMA.
-
-        >>> m = ReconstructionMethod(ema_decay=0.5)
-        >>> m._ema_past_weight(torch.tensor([0.0, 1.0, 50.0]))
-        tensor([0.0000, 0.3333, 0.5000])
-        """
-        decay = self.ema_decay
-        if self.ema_variant == "authors":
-            return torch.full_like(count, decay)
-        return decay * (1.0 - decay**count) / (1.0 - decay ** (count + 1))
-
-    # ----------------------------------------------------------------- batches
-    def _check_batch_layout(self, batch: Mapping[str, Any]) -> None:
-        for key in ("y", "operator"):
-            if key not in batch:
-                raise KeyError(f"{type(self).__name__} needs batches with a {key!r} entry (see docs/ARCHITECTURE.md)")
-        if not isinstance(batch["operator"], Operator):
-            raise TypeError(f"batch['operator'] must be a ugodit_pl Operator, got {type(batch['operator']).__name__}")
-        index = self._index_of(batch)
-        y = batch["y"]
-        if len(index) != y.shape[0] or ("index" not in batch and len(index) > self.num_measurements):
-            raise ValueError(
-                f"batch['y'] has shape {tuple(y.shape)}: its first dimension is read as {y.shape[0]} measurements "
-                f"({len(index)} indices, num_measurements={self.num_measurements}); measurements need a batch "
-                f"dimension: (B, coils, H, W) k-space or (B, C, h, w) images (y[None] for one)"
-            )
-        if int(index.max()) >= self.num_measurements or int(index.min()) < 0:
-            raise ValueError(
-                f"batch index {index.tolist()} is outside the {self.num_measurements} measurements this "
-                f"{type(self).__name__} was built for (num_measurements={self.num_measurements})"
-            )
-        if index.unique().numel() != index.numel():
-            raise ValueError(f"batch index {index.tolist()} repeats a measurement")
-
-    def _index_of(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        index = batch.get("index")
-        if index is None:
-            index = torch.arange(batch["y"].shape[0])
-        return torch.as_tensor(index, dtype=torch.long).to(self.device).flatten()
-
-    # ----------------------------------------------------------------- results
-    def _rows_in_units(self, name: str, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rows of the state's ``ema`` or ``last`` in the measurement's units; NaN where a row has none yet.
-
-        Read from the state, so after a ``DivergenceRollback`` restore they are the restored ones.
-        """
-        state = self.fit_state
-        rows = torch.arange(state.num_rows, device=state.ema.device) if rows is None else rows
-        count = (state.ema_count if name == "ema" else state.steps.to(state.ema.device))[rows]
-        values = undo_scale(getattr(state, name)[rows], state.scales[rows])
-        return torch.where((count > 0).view(-1, *([1] * (values.ndim - 1))), values, torch.full_like(values, float("nan")))
-
-    @property
-    def current_output(self) -> Optional[torch.Tensor]:
-        """The last output of the last batch's rows (B, C, H, W), in measurement units (None before a step)."""
-        return None if self.last_index is None else self._rows_in_units("last", self.last_index)
-
-    @property
-    def ema_output(self) -> Optional[torch.Tensor]:
-        """The EMA of the outputs of the last batch's rows, in measurement units (None before a step)."""
-        return None if self.last_index is None else self._rows_in_units("ema", self.last_index)
-
-    @property
-    def reconstruction(self) -> Optional[torch.Tensor]:
-        """The reconstruction of the last batch's measurements, in measurement units.
-
-        ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``), else the EMA or
-        the last output as ``output`` says.
-        """
-        if self.final_output is not None:
-            return self.final_output
-        return self.ema_output if self.output == "ema" else self.current_output
-
-    def all_reconstructions(self) -> torch.Tensor:
-        """Reconstructions of all N measurements, (N, C, H, W), in measurement units.
-
-        The EMA or the last outputs per ``output``, with the rows of the last batch replaced by
-        ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``). A row that has no output
-        yet (or was rolled back to before its first step) is NaN, which no writer writes.
-        """
-        if not self.fit_state.allocated:
-            raise RuntimeError("nothing has been fitted yet: run trainer.fit first")
-        rows = self._rows_in_units("ema" if self.output == "ema" else "last")
-        if self.final_output is not None and self.last_index is not None:
-            rows = rows.clone()
-            rows[self.last_index] = self.final_output.to(rows.dtype)
-        return rows
-
-    def _evaluate(self, batch: Mapping[str, Any], stage: str) -> Dict[str, torch.Tensor]:
-        """Metrics of the current reconstructions of the batch's measurements against its targets."""
-        from ugodit_pl.metrics import reconstruction_metrics
-
-        if "target" not in batch:
-            raise ValueError(f"{stage} needs batches with a 'target' (ground truth); these measurements have none")
-        index = self._index_of(batch)
-        values = reconstruction_metrics(self.all_reconstructions()[index], batch["target"])
-        for name, value in values.items():
-            self.log(f"{stage}/{name}", value.mean(), batch_size=len(index), sync_dist=world_size(self) > 1)
-        return values
-
-    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, torch.Tensor]:
-        """PSNR / SSIM (/ NMSE) of the reconstructions fitted so far (``ugodit validate``)."""
-        return self._evaluate(batch, "val")
-
-    def test_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, torch.Tensor]:
-        """PSNR / SSIM (/ NMSE) of the fitted reconstructions (``ugodit test --ckpt_path ...``)."""
-        return self._evaluate(batch, "test")
-
-    def predict_step(self, batch: Dict[str, Any], batch_idx: int) -> Dict[str, Any]:
-        """The fitted reconstructions of the batch's measurements, with their index and names."""
-        index = self._index_of(batch)
-        return {
-            "reconstruction": self.all_reconstructions()[index],
-            "index": index,
-            "name": [self.fit_state.names[i] for i in index.tolist()],
-        }
 
     # ----------------------------------------------------------------- optimiser
     def parameter_groups(self) -> List[Dict[str, Any]]:
@@ -673,4 +422,4 @@ class ReconstructionMethod(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over ``parameter_groups()`` (see ``ugodit_pl.methods.optim``)."""
-        return adam(self.parameter_groups(), self.optimizer_args, self._trainer)
+        return adam(self.parameter_groups(), self.optimizer_args, attached_trainer(self))

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ugodit_pl.methods.arguments import non_negative
+from ugodit_pl.arguments import non_negative
 from ugodit_pl.methods.base import ReconstructionMethod
 from ugodit_pl.methods.draws import PERTURBATION, row_random
 from ugodit_pl.methods.networks import per_measurement_networks

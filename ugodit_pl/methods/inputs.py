@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ugodit_pl.methods.arguments import check_choice
+from ugodit_pl.arguments import check_choice
 from ugodit_pl.methods.draws import NOISE_INPUT, row_random
 from ugodit_pl.operators.base import Operator
 

@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ugodit_pl.arguments import check_choice
+
 LOSS_NORMS = ("mse", "l2")
-
-
-def check_loss_norm(loss_norm: str) -> str:
-    """Validate a ``loss_norm`` argument."""
-    if loss_norm not in LOSS_NORMS:
-        raise ValueError(f"loss_norm must be one of {LOSS_NORMS}, got {loss_norm!r}")
-    return loss_norm
 
 
 def residual_norm(residual: torch.Tensor, loss_norm: str) -> torch.Tensor:
@@ -31,7 +26,6 @@ def residual_norm(residual: torch.Tensor, loss_norm: str) -> torch.Tensor:
     squared = (torch.view_as_real(residual).square().sum(-1) if residual.is_complex() else residual**2).flatten(1)
     if loss_norm == "mse":
         return squared.mean(dim=1)
-    if loss_norm == "l2":
-        # the small constant keeps the gradient finite at an exact fit
-        return torch.sqrt(squared.sum(dim=1) + 1e-20)
-    raise ValueError(f"loss_norm must be one of {LOSS_NORMS}, got {loss_norm!r}")
+    check_choice("loss_norm", loss_norm, LOSS_NORMS)
+    # the small constant keeps the gradient finite at an exact fit
+    return torch.sqrt(squared.sum(dim=1) + 1e-20)

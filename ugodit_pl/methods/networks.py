@@ -15,6 +15,7 @@ from typing import Any, Dict
 
 from torch import nn
 
+from ugodit_pl.arguments import check_choice
 from ugodit_pl.nets import ModuleStack, build_network, reinit_decoder_, zero_output_layer_
 from ugodit_pl.nets.init import seeded
 
@@ -25,8 +26,7 @@ def seeded_network(name: str, args: Dict[str, Any], seed: int, network_init: str
                    residual: bool = False) -> nn.Module:
     """``build_network(name, **args)`` with its initial weights drawn from ``seed`` (see ``network_init``);
     with ``residual`` its output layer starts at zero (f(z) = z + g(z) starts as the identity)."""
-    if network_init not in NETWORK_INITS:
-        raise ValueError(f"network_init must be one of {NETWORK_INITS}, got {network_init!r}")
+    check_choice("network_init", network_init, NETWORK_INITS)
     with seeded(seed):
         net = build_network(name, **args)
     if network_init == "normal":

@@ -1,4 +1,4 @@
-"""Measurement scale normalisation (DESIGN.md "Scale").
+"""Measurement scale normalisation.
 
 MRI k-space arrives in arbitrary scanner units. Each measurement is divided by a scale s chosen
 from the measurement alone (never the ground truth) so that the ``percentile`` of |A^H y| is 1;
@@ -33,7 +33,7 @@ def measurement_scale(operator: Operator, y: torch.Tensor, percentile: float = 9
     with torch.no_grad():
         image = operator.init_input(y)
         mag = magnitude(image) if image.shape[1] == 2 else image.abs()
-        flat = mag.flatten(1).float()
+        flat = in_precision(mag.flatten(1), torch.float32)  # quantile needs float32 or float64
         scale = torch.quantile(flat, percentile / 100.0, dim=1)
     if bool((scale <= 0).any()) or not bool(torch.isfinite(scale).all()):
         raise ValueError(
@@ -43,9 +43,24 @@ def measurement_scale(operator: Operator, y: torch.Tensor, percentile: float = 9
     return scale
 
 
+def in_precision(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``y`` in at least the precision of the fit's ``dtype``, never less than its own.
+
+    A float64 fit computes in float64 from its measurements on: complex64 k-space becomes complex128
+    (exactly), so that nothing in the fit depends on a CPU's float32 FFT or reductions.
+
+    >>> in_precision(torch.zeros(2, dtype=torch.complex64), torch.float64).dtype
+    torch.complex128
+    >>> in_precision(torch.zeros(2, dtype=torch.complex64), torch.bfloat16).dtype
+    torch.complex64
+    """
+    return y.to(torch.promote_types(y.dtype, dtype))
+
+
 def apply_scale(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Divide each measurement of a (B, ...) batch by its scale."""
-    return y / scale.view(-1, *([1] * (y.ndim - 1))).to(y.dtype if not y.is_complex() else scale.dtype)
+    """Divide each measurement of a (B, ...) batch by its scale, in the measurement's precision."""
+    real = y.real.dtype if y.is_complex() else y.dtype
+    return y / scale.view(-1, *([1] * (y.ndim - 1))).to(real)
 
 
 def undo_scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

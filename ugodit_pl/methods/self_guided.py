@@ -21,38 +21,26 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ugodit_pl.methods.arguments import non_negative, positive, whole
-from ugodit_pl.methods.base import ReconstructionMethod, Step
+from ugodit_pl.arguments import non_negative, positive, whole
+from ugodit_pl.methods.base import ReconstructionMethod
+from ugodit_pl.methods.batches import Step
+from ugodit_pl.methods.defaults import DEFAULT_ALPHA, DEFAULT_INPUT_LR, network_default
 from ugodit_pl.methods.draws import SELF_GUIDANCE, row_random
 from ugodit_pl.methods.networks import per_measurement_networks
-
-
-#: Default Adam learning rate of the input z per network. The authors' MRI notebook takes 0.1 (with
-#: z from U(0, 1) noise); from A^H y (max about 1) Adam's first steps of 0.1 per pixel replace the
-#: image by noise: on the real-MRI panel (4x, 600 steps, docs/RESULTS.md decisions) 1e-3 with the
-#: residual U-Net gave +2.8 dB on the real brain over 0.1. On 4x super-resolution of FFHQ 00002
-#: (``ugodit benchmark sr-quality --preset quick``) the skip net gave 15.65 dB with 0.1 and 27.48 dB
-#: with 0.01 (docs/RESULTS.md).
-DEFAULT_INPUT_LR = {"unet": 1e-3, "skip": 0.01}
-#: Default alpha per network: the authors' 2 for the skip net (natural images, mean squared errors);
-#: 0.5 for the MRI U-Net, whose data term is summed over the coils (2 weighs the self-guidance 4x
-#: more than the data here and held the output near A^H y: panel sweep in docs/RESULTS.md decisions).
-DEFAULT_ALPHA = {"unet": 0.5, "skip": 2.0}
 
 
 class SelfGuidedDIP(ReconstructionMethod):
     """Joint optimisation of weights and input with a self-guidance (denoiser) regulariser.
 
     Args:
-        alpha: weight of ||m(z) - z||; None = ``DEFAULT_ALPHA`` for the network (2 in the authors'
-            notebooks, kept for the skip net; 0.5 for the MRI U-Net).
+        alpha: weight of ||m(z) - z||; None = ``DEFAULT_ALPHA`` for the network.
         num_draws: J, noise draws averaged per step (3 or 4 in the paper).
         noise_std: sigma_eta, the std of the input noise, in normalised units (the input's
             percentile scale is 1 for MRI; images are in [0, 1]).
-        input_lr: Adam learning rate of the input z; None = ``DEFAULT_INPUT_LR`` for the network:
-            1e-3 for the U-Net (the authors' MRI notebook: 0.1, from a noise input), 0.01 for the
-            skip net (natural images in [0, 1]: 0.1 moves z far off the image, see docs/RESULTS.md).
-        input_init: ``"measurement"`` (A^H y, default) or ``"noise"``.
+        input_lr: Adam learning rate of the input z; None = ``DEFAULT_INPUT_LR`` for the network
+            (the authors' MRI notebook: 0.1, from a noise input; see ``DEFAULT_INPUT_LR`` for why not).
+        input_init: where z starts: ``"measurement"`` (A^H y), ``"noise"`` or ``"reference"`` (a
+            reference image the batch carries); see ``ugodit_pl.methods.inputs``.
         **kwargs: the arguments of ``ReconstructionMethod``.
 
     Example::
@@ -73,10 +61,11 @@ class SelfGuidedDIP(ReconstructionMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(input_init=input_init, **kwargs)
-        self.alpha = non_negative("alpha", DEFAULT_ALPHA.get(self.network_name, 2.0) if alpha is None else alpha)
+        self.alpha = non_negative("alpha", network_default(DEFAULT_ALPHA, self.network_name) if alpha is None else alpha)
         self.num_draws = whole("num_draws", num_draws, minimum=1)
         self.noise_std = non_negative("noise_std", noise_std)
-        self.input_lr = positive("input_lr", DEFAULT_INPUT_LR.get(self.network_name, 0.01) if input_lr is None else input_lr)
+        self.input_lr = positive("input_lr", network_default(DEFAULT_INPUT_LR, self.network_name)
+                                 if input_lr is None else input_lr)
         self.nets = per_measurement_networks(
             self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual
         )

@@ -91,6 +91,21 @@ def load_transferable_weights(path: Union[str, Path]) -> Dict[str, Any]:
     return payload
 
 
+def weights_dtype(payload: Dict[str, Any]) -> torch.dtype:
+    """The floating dtype of a transferable-weights file's encoder (the widest of its tensors; float32 if none).
+
+    ``UGoDITFit`` builds its networks in it, so that float64 pre-training is not rounded to float32 on load.
+
+    >>> weights_dtype({"encoder": {"w": torch.zeros(2, dtype=torch.float64), "n": torch.tensor(3)}})
+    torch.float64
+    """
+    dtype = None
+    for value in payload.get("encoder", {}).values():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            dtype = value.dtype if dtype is None else torch.promote_types(dtype, value.dtype)
+    return dtype or torch.float32
+
+
 MRI_OPERATORS = ("MultiCoilMRI", "SingleCoilMRI")
 
 

@@ -21,13 +21,18 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
+from ugodit_pl.arguments import check_choice
 from ugodit_pl.methods.aseqdip import SequentialInputObjective
-from ugodit_pl.methods.base import world_size
-from ugodit_pl.methods.arguments import check_choice
 from ugodit_pl.methods.networks import seeded_network
-from ugodit_pl.methods.transferable import check_weights_task, load_transferable_weights, save_transferable_weights
-from ugodit_pl.operators.mri import MultiCoilMRI
+from ugodit_pl.methods.trainer_access import world_size
+from ugodit_pl.methods.transferable import (
+    check_weights_task,
+    load_transferable_weights,
+    save_transferable_weights,
+    weights_dtype,
+)
 from ugodit_pl.nets import ModuleStack, PerSampleBatchNorm2d, build_network, reinit_decoder_, zero_output_layer_
+from ugodit_pl.operators.mri import MultiCoilMRI
 from ugodit_pl.state_dicts import load_state_strict
 
 ENCODER_BN_MODES = ("train", "eval")
@@ -48,8 +53,8 @@ class UGoDITPretrain(SequentialInputObjective):
             passes, and DDP equals one process) or ``"group"`` (the authors' code: the M inputs go
             through the encoder as one batch and share its statistics; one process only).
         **kwargs: the arguments of ``SequentialInputObjective`` and ``ReconstructionMethod``
-            (``lr`` and ``lam`` default to ``SEQUENTIAL_DEFAULTS``: 1e-3 and 0.1 for the U-Net, 0.01 and
-            2 for the skip net; ``network_init="normal"`` is the authors' whole-network N(0, 0.02)).
+            (``lr=None`` and ``lam=None`` take ``SEQUENTIAL_DEFAULTS`` for the network;
+            ``network_init="normal"`` is the authors' whole-network N(0, 0.02)).
 
     Example::
 
@@ -134,14 +139,16 @@ class UGoDITFit(SequentialInputObjective):
       running statistics are not updated, so the encoder's buffers stay as loaded too;
     - ``"eval"``: normalise with the running statistics collected during pre-training.
 
-    Each decoder is re-initialised (conv weights N(0, 0.02), biases 0, BatchNorm weights
-    N(1, 0.02)) from ``seed``; every measurement of a batch starts from the same decoder.
+    The decoder is initialised afresh from ``seed`` (``network_init``); every measurement of a batch
+    starts from the same decoder.
 
     Args:
         weights: path of the transferable-weights file written by ``UGoDITPretrain``.
         network, network_args: optional; if given they must match the file's architecture.
-        lr: decoder learning rate; None = ``SEQUENTIAL_DEFAULTS`` (1e-3 for the U-Net, chosen by the
-            transfer study over the authors' 4e-4; 0.01 for the skip net).
+        network_init: the fresh decoder's weights: ``"normal"`` (the authors' test-time
+            re-initialisation: convolutions N(0, 0.02), BatchNorm weights N(1, 0.02), zero biases) or
+            ``"default"`` (PyTorch's layer defaults, drawn from ``seed``).
+        lr: decoder learning rate; None = ``SEQUENTIAL_DEFAULTS`` for the network.
         residual: f(z) = z + g(z) (see ``ReconstructionMethod``); None = as the encoder was pre-trained.
         **kwargs: the arguments of ``SequentialInputObjective`` and ``ReconstructionMethod``.
 
@@ -156,6 +163,7 @@ class UGoDITFit(SequentialInputObjective):
         *,
         weights: str,
         encoder_bn: str = "train",
+        network_init: str = "normal",
         network: Optional[str] = None,
         network_args: Optional[Dict[str, Any]] = None,
         lr: Optional[float] = None,
@@ -173,21 +181,29 @@ class UGoDITFit(SequentialInputObjective):
                 f"network_args={dict(network_args)} differ from those of the transferable weights {weights!r}: {file_args}"
             )
         check_choice("encoder_bn", encoder_bn, ENCODER_BN_MODES)
-        super().__init__(network=file_network, network_args=file_args, lr=lr, residual=residual, **kwargs)
+        super().__init__(network=file_network, network_args=file_args, network_init=network_init, lr=lr,
+                         residual=residual, **kwargs)
         self.weights = str(weights)
         self.encoder_bn = encoder_bn
         self.pretraining = dict(payload.get("metadata", {}))
-        with torch.device("meta"):  # the architecture only: the weights come from the file and the re-initialisation
-            net = build_network(self.network_name, **self.network_args)
-        self.encoder = net.encoder.to_empty(device="cpu")
+        dtype = weights_dtype(payload)  # the file's precision, kept: float64 pre-training is not rounded on load
+        if self.network_init == "normal":
+            with torch.device("meta"):  # the architecture only: the weights come from the file and the re-initialisation
+                net = build_network(self.network_name, **self.network_args)
+            net = net.to_empty(device="cpu").to(dtype)
+            decoder = reinit_decoder_(net.decoder, self.seed)
+        else:
+            net = seeded_network(self.network_name, self.network_args, self.seed).to(dtype)
+            decoder = net.decoder
+        self.encoder = net.encoder
         load_state_strict(self.encoder, payload["encoder"], repr(str(weights)), f"this {self.network_name} encoder")
         self.encoder.requires_grad_(False)
         if encoder_bn == "train":
             for layer in self.encoder.modules():
                 if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                     layer.track_running_stats = False  # batch statistics, buffers left as loaded
-        decoder = reinit_decoder_(net.decoder.to_empty(device="cpu"), self.seed)
         self.decoders = ModuleStack(zero_output_layer_(decoder) if self.residual else decoder, self.num_measurements)
+        self.to(dtype)  # the module's dtype (Lightning's ``self.dtype``, which sizes the fitting state) is the file's
         self.save_hyperparameters()
         self.train(self.training)  # Lightning >= 2.2 keeps a module's modes at fit start: set them now
 

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ugodit_pl.arguments import check_choice
+
 from .init import seeded
 from .norm import PerSampleBatchNorm2d
 from .stack import StackableConv2d
@@ -84,10 +86,8 @@ def _check_args(
         )
     if any(c < 1 for c in down + up) or any(c < 0 for c in skip):
         raise ValueError("SkipNet: channels_down/channels_up must be >= 1 and channels_skip >= 0")
-    if pad not in _PADS:
-        raise ValueError(f"SkipNet: pad must be one of {_PADS}, got {pad!r}")
-    if upsample_mode not in _UPSAMPLE_MODES:
-        raise ValueError(f"SkipNet: upsample_mode must be one of {_UPSAMPLE_MODES}, got {upsample_mode!r}")
+    check_choice("SkipNet: pad", pad, _PADS)
+    check_choice("SkipNet: upsample_mode", upsample_mode, _UPSAMPLE_MODES)
     return down, up, skip
 
 

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ugodit_pl.arguments import whole
+
 from .init import reinit_decoder_
 
 __all__ = ["ModuleStack", "StackableConv2d"]
@@ -95,8 +97,7 @@ class ModuleStack(nn.Module):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"ModuleStack: module must be an nn.Module, got {type(module).__name__}")
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise ValueError(f"ModuleStack: num must be a positive int, got {num!r}")
+        num = whole("ModuleStack: num", num, minimum=1)
         if reinit is None:
             copies: List[nn.Module] = [module] * num
         else:

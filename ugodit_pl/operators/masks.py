@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ugodit_pl.arguments import check_choice
+
 MASK_KINDS = ("random", "equispaced", "poisson", "file")
 ACCELERATION_TOLERANCE = 0.05  # relative
 
@@ -60,8 +62,7 @@ def make_mask(
     >>> m[0].nonzero().flatten().tolist()  # the centre 14..17 and every 7th other column
     [4, 11, 14, 15, 16, 17, 22, 29]
     """
-    if kind not in MASK_KINDS:
-        raise ValueError(f"kind must be one of {MASK_KINDS}, got {kind!r}")
+    check_choice("kind", kind, MASK_KINDS)
     height, width = _check_shape(shape)
     if kind == "file":
         if path is None:

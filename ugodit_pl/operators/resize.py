@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ugodit_pl.arguments import whole
 from ugodit_pl.operators.base import Operator
 
 __all__ = ["SuperResolution", "cubic_kernel", "imresize_matrix"]
@@ -111,9 +112,7 @@ class SuperResolution(Operator):
 
     def __init__(self, scale_factor: int = 4) -> None:
         super().__init__()
-        if isinstance(scale_factor, bool) or int(scale_factor) != scale_factor or scale_factor < 1:
-            raise ValueError(f"scale_factor must be a positive integer, got {scale_factor!r}")
-        self.scale_factor = int(scale_factor)
+        self.scale_factor = whole("scale_factor", scale_factor, minimum=1)
         self._matrices: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     def matrix(

@@ -143,22 +143,14 @@ def fit_method(
     Returns the wall time of ``trainer.fit`` in seconds (callbacks included). No logger, no
     checkpoints, no progress bar.
     """
-    import logging
-    import warnings
-
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
+    from ugodit_pl.apps.runtime import quiet_lightning
+
     dev = torch.device(device)
     accelerator = "gpu" if dev.type == "cuda" else "cpu"
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)  # no "GPU available" / "Trainer.fit stopped" banners per fit
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r".*(does not have many workers|IterableDataset|validation_step|LeafSpec|litlogger|"
-                       r"in eval mode at the start of training).*")
+    with quiet_lightning():
         trainer = pl.Trainer(
             max_steps=int(steps), accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks), precision=precision,
@@ -166,13 +158,9 @@ def fit_method(
         )
         loader = DataLoader(_RepeatBatch(batch, int(steps)), batch_size=None, num_workers=0)
         start = time.perf_counter()
-        try:
-            trainer.fit(method, train_dataloaders=loader)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
+        trainer.fit(method, train_dataloaders=loader)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         return time.perf_counter() - start
 
 

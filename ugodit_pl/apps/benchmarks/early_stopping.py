@@ -39,6 +39,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ugodit_pl.apps.runtime import quiet_lightning
 from ugodit_pl.callbacks import WMVEarlyStopping
 from ugodit_pl.complex import ifft2c
 from ugodit_pl.methods import DIP
@@ -158,13 +159,14 @@ def denoising_problem(
 
 
 def _fit(method: DIP, batch: Dict[str, Any], steps: int, callbacks: list, device: str) -> float:
-    trainer = pl.Trainer(
-        max_steps=steps, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
-    )
-    start = time.perf_counter()
-    trainer.fit(method, DataLoader(_Repeat(batch, steps + 1), batch_size=None))
-    return time.perf_counter() - start
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            max_steps=steps, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+        )
+        start = time.perf_counter()
+        trainer.fit(method, DataLoader(_Repeat(batch, steps + 1), batch_size=None))
+        return time.perf_counter() - start
 
 
 def early_stopping_benchmark(
@@ -325,7 +327,8 @@ def run_early_stopping_suite(preset: str = "quick", *, data: Optional[Union[str,
     ``overrides`` (e.g. ``{"max_steps": 20}``) apply to every task. With ``out_dir`` the fixed runs'
     PSNR-vs-step curves are plotted (``early-stopping.png``) with the ES-kept steps marked.
     """
-    from ugodit_pl.apps.benchmarks.common import data_root as resolve_data, plot_curves
+    from ugodit_pl.apps.benchmarks.common import data_root as resolve_data
+    from ugodit_pl.apps.benchmarks.common import plot_curves
 
     if preset not in ES_PRESETS:
         raise ValueError(f"preset must be one of {', '.join(ES_PRESETS)}, got {preset!r}")

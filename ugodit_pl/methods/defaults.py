@@ -1,0 +1,62 @@
+"""The methods' defaults that depend on the network: the one place where their values are stated.
+
+An argument left at None takes its value here for the method's network (``"unet"``: MRI,
+``"skip"``: natural images). Docstrings, the command line's help, the configs and the README refer
+to these tables rather than repeat their numbers (``tests/test_documented_defaults.py`` checks the
+configs, the help and the README against them). Imports nothing heavy, so ``ugodit --help`` can read it.
+
+>>> network_default(SEQUENTIAL_DEFAULTS, "unet")["lam"]
+0.8
+>>> network_default(DEFAULT_LR, "vgg")
+Traceback (most recent call last):
+...
+ValueError: no default for network 'vgg': the defaults know 'skip', 'unet'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+#: Adam learning rate of the network weights (DIP, reference-guided DIP, Self-Guided DIP): the
+#: authors' values in their official code, by network.
+DEFAULT_LR = {"skip": 0.01, "unet": 3e-4}
+
+#: lambda and lr of the aSeqDIP objective (aSeqDIP, UGoDIT pre-training and fitting).
+#: The skip net keeps the authors' lambda = 2 and lr 0.01 (their natural-image code, mean squared
+#: errors). For the MRI U-Net the authors' lambda = 2 holds the output near A^H y; on the real brain
+#: slice (4x, 600 steps) lambda 0.1 with lr 1e-3 gave UGoDIT 22.66 dB and aSeqDIP 21.35 dB against
+#: 20.00 / 19.07 dB with lambda 2 and lr 3e-4 / 4e-4 (docs/RESULTS.md, transfer-study_settings), and
+#: 0.03 or 1 were worse on the real-MRI panel. That 0.1 was measured with the data term averaged over
+#: 8 coils; the data term is now summed over the coils (``ReconstructionMethod.data_term``), so the
+#: same weight is 0.8 and does not change with the coil count.
+SEQUENTIAL_DEFAULTS = {"unet": {"lam": 0.8, "lr": 1e-3}, "skip": {"lam": 2.0, "lr": 0.01}}
+
+#: Self-Guided DIP's Adam learning rate of the input z. The authors' MRI notebook takes 0.1 (with
+#: z from U(0, 1) noise); from A^H y (max about 1) Adam's first steps of 0.1 per pixel replace the
+#: image by noise: on the real-MRI panel (4x, 600 steps, docs/RESULTS.md decisions) 1e-3 with the
+#: residual U-Net gave +2.8 dB on the real brain over 0.1. On 4x super-resolution of FFHQ 00002
+#: (``ugodit benchmark sr-quality --preset quick``) the skip net gave 15.65 dB with 0.1 and 27.48 dB
+#: with 0.01 (docs/RESULTS.md).
+DEFAULT_INPUT_LR = {"unet": 1e-3, "skip": 0.01}
+
+#: Self-Guided DIP's alpha: the authors' 2 for the skip net (natural images, mean squared errors);
+#: 0.5 for the MRI U-Net, whose data term is summed over the coils (2 weighs the self-guidance 4x
+#: more than the data here and held the output near A^H y: panel sweep in docs/RESULTS.md decisions).
+DEFAULT_ALPHA = {"unet": 0.5, "skip": 2.0}
+
+
+def default_residual(network: str, input_init: str) -> bool:
+    """``residual=None``: f(z) = z + g(z) for the U-Net with an image input (see ``ReconstructionMethod``).
+
+    >>> default_residual("unet", "measurement"), default_residual("unet", "noise"), default_residual("skip", "measurement")
+    (True, False, False)
+    """
+    return network == "unet" and input_init != "noise"
+
+
+def network_default(table: Mapping[str, Any], network: str) -> Any:
+    """``table``'s entry for ``network`` (case-insensitive), or a ValueError naming the known networks."""
+    key = str(network).lower()
+    if key not in table:
+        raise ValueError(f"no default for network {network!r}: the defaults know {', '.join(map(repr, sorted(table)))}")
+    return table[key]
