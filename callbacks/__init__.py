@@ -1,6 +1,7 @@
 """Lightning callbacks for untrained-network fits, duck-typed on the module's outputs.
 
 - :class:`WMVEarlyStopping`: ES-WMV early stopping (windowed moving variance, no ground truth);
+- :class:`HeldOutEarlyStopping`: early stopping by the error on held-out k-space (MRI, no ground truth);
 - :class:`ReconstructionMetrics`: PSNR / SSIM / NMSE against ``batch["target"]`` while fitting;
 - :class:`ReconstructionImages`: the reconstruction, target and error map as images in the logger
   (TensorBoard's ``add_image``; PNG files in the log folder for other loggers);
@@ -22,6 +23,7 @@ from ugodit_pl._lazy import lazy_getattr
 
 _NAMES = {
     "WMVEarlyStopping": ".early_stopping",
+    "HeldOutEarlyStopping": ".holdout",
     "ReconstructionMetrics": ".metrics",
     "ReconstructionImages": ".images",
     "TransferableWeightsCheckpoint": ".transferable",
@@ -30,6 +32,7 @@ _NAMES = {
 }
 if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
     from .early_stopping import WMVEarlyStopping
+    from .holdout import HeldOutEarlyStopping
     from .images import ReconstructionImages
     from .metrics import ReconstructionMetrics
     from .rollback import DivergenceRollback

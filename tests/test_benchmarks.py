@@ -360,3 +360,18 @@ def test_transfer_study_presets_name_known_variants():
             assert _variant(label)[0] == label
     with pytest.raises(ValueError, match="unknown transfer-study variant"):
         _variant("no such variant")
+
+
+def test_volume_suite_tiny(tmp_path, shared_data):
+    """Cold, warm and warm-with-stopping chains over two slices, with the classical baselines and the plot."""
+    document = _run("volume", tmp_path, shared_data)
+    volume = document["result"]["volumes"]["epi"]
+    runs = volume["methods"]["aseqdip"]
+    assert runs["cold"]["steps"] == [6, 6] and runs["warm"]["steps"] == [6, 3]
+    assert runs["warm"]["slice_psnr"][0] == runs["cold"]["slice_psnr"][0]  # the warm chain starts with the cold fit
+    assert all(2 <= s <= 6 for s in runs["warm_stop"]["steps"]) and len(runs["warm_stop"]["gap_to_best"]) == 2
+    for name in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned"):
+        assert math.isfinite(volume["methods"][name]["volume"]["psnr"])
+    row = document["result"]["summary"]["aseqdip epi"]
+    assert row["warm_time_ratio"] == round(runs["warm"]["seconds"] / runs["cold"]["seconds"], 3)
+    assert (tmp_path / "volume_epi.png").is_file()

@@ -47,8 +47,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ugodit_pl.apps.io import write_json
+from ugodit_pl.arguments import whole
 from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
 from ugodit_pl.methods.defaults import SEQUENTIAL_DEFAULTS
+from ugodit_pl.methods.holdout import check_holdout_fraction
 
 SUMMARY = "reconstruct_summary.json"
 DEFAULT_STEPS = {"mri": 2000, "image": 20000}
@@ -94,6 +96,15 @@ class Plan:
     data_args: Dict[str, Any] = field(default_factory=dict)
     trainer_args: Dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
+    warm_start: bool = False
+    warm_steps: Optional[int] = None  # steps of a warm-started chunk (None: ``steps``)
+    stop: str = "none"  # "heldout": HeldOutEarlyStopping on held-out k-space (``holdout_fraction``)
+    holdout_fraction: float = 0.0
+    patience: int = 200
+
+    def steps_for(self, warm: bool) -> int:
+        """The step budget of a chunk: ``warm_steps`` when every slice of it starts warm."""
+        return int(self.warm_steps) if warm and self.warm_steps else self.steps
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -198,8 +209,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trainer_args["strategy"] = "ddp"
     if args.precision is not None:
         trainer_args["precision"] = args.precision
+    if args.num_nodes != 1:
+        trainer_args["num_nodes"] = whole("--num-nodes", args.num_nodes, minimum=1)
+        trainer_args.setdefault("strategy", "ddp")
+    if args.warm_steps is not None:
+        whole("--warm-steps", args.warm_steps, minimum=1)
+        if not args.warm_start:
+            raise ValueError("--warm-steps sets the steps of warm-started slices: give --warm-start too")
+    holdout = 0.0
+    if args.stop == "heldout":
+        if kind != "mri":
+            raise ValueError("--stop heldout holds out k-space: it needs fastMRI files, not images")
+        holdout = check_holdout_fraction(args.holdout_fraction)
+        if holdout == 0.0:
+            raise ValueError("--stop heldout needs --holdout-fraction in (0, 0.5)")
+        model_args["holdout_fraction"] = holdout
     plan = Plan(kind, items, weights, Path(args.out), int(steps), int(args.chunk_size), model_args, data_args,
-                trainer_args, bool(args.overwrite))
+                trainer_args, bool(args.overwrite), warm_start=bool(args.warm_start), warm_steps=args.warm_steps,
+                stop=args.stop, holdout_fraction=holdout, patience=whole("--patience", args.patience, minimum=1))
     check_output(plan.out)
     check_data(plan)
     return plan
@@ -266,6 +293,50 @@ def chunks(items: Sequence[Item], size: int, world_size: int = 1) -> List[List[I
     return result
 
 
+def warm_chunks(items: Sequence[Item], world_size: int = 1) -> Tuple[List[List[Item]], Dict[Any, Optional[Item]]]:
+    """The chunks of a warm-started run and the neighbour each item starts from (None: from scratch).
+
+    Each of the ``world_size`` processes takes a contiguous slab of ``items`` (as even as possible) and
+    fits it in order, one item per chunk: chunk k holds the k-th item of every slab, so process r fits
+    row r and its chain runs between neighbours. Where slabs differ in length, the last items join the
+    last full chunk (their process fits them beside their predecessor, both from the same neighbour).
+    An item starts from the item before it in its slab when both are slices of the same file.
+
+    >>> chunks_, source = warm_chunks([Item(Path("a.h5"), s) for s in range(5)], 2)
+    >>> [[item.slice for item in chunk] for chunk in chunks_]
+    [[0, 3], [1, 4, 2]]
+    >>> {key[1]: None if item is None else item.slice for key, item in source.items()}
+    {0: None, 1: 0, 2: 0, 3: None, 4: 3}
+    """
+    if world_size < 1 or (items and len(items) < world_size):
+        raise ValueError(f"{len(items)} item(s) to reconstruct but {world_size} processes: use fewer devices or nodes")
+    size, extra = divmod(len(items), world_size)
+    slabs, start = [], 0
+    for rank in range(world_size):
+        length = size + (rank < extra)
+        slabs.append(list(items[start:start + length]))
+        start += length
+    work = [[slab[k] for slab in slabs] for k in range(size)]
+    if extra:
+        leftovers = [slab[size] for slab in slabs[:extra]]
+        if work:
+            work[-1].extend(leftovers)
+        else:
+            work.append(leftovers)
+    source: Dict[Any, Optional[Item]] = {}
+    for slab in slabs:
+        for position, item in enumerate(slab):
+            back = 2 if extra and size and position == size else 1  # a leftover starts from its slab's item before last
+            before = slab[position - back] if position >= back else None
+            source[_hashable(item.key)] = before if before is not None and before.path == item.path else None
+    return work, source
+
+
+def warm_path(out: Path, item: Item) -> Path:
+    """Where the warm state of ``item`` (the decoder its fit ended with) is kept, beside the output."""
+    return out / ".warm" / f"{item.path.name}.slice_{int(item.slice or 0):04d}.pt"
+
+
 # --------------------------------------------------------------------------------------------- fitting
 def _is_global_zero() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "")
@@ -291,19 +362,27 @@ def build_method(plan: Plan, count: int):
         raise ValueError(f"the model settings {plan.model_args} do not fit UGoDITFit: {error}") from None
 
 
-def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: str = "") -> Dict[str, Dict[str, Any]]:
-    """Fit one chunk (one Trainer.fit, sharded over the processes); returns {item label: the metrics the
-    writer stored with it} for every item of the chunk."""
+def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: str = "",
+              warm: Optional[Sequence[Optional[Dict[str, Any]]]] = None) -> Tuple[Dict[str, Dict[str, Any]], Any]:
+    """Fit one chunk (one Trainer.fit, sharded over the processes), row i warm-started from ``warm[i]`` where
+    given; returns ({item label: the metrics the writer stored with it} for every item, the fitted method)."""
     import pytorch_lightning as pl
+
+    from ugodit_pl.callbacks import HeldOutEarlyStopping
 
     datamodule = build_datamodule(plan, chunk)
     method = build_method(plan, len(chunk))
-    callbacks: List[Any] = [writer]
+    for row, state in enumerate(warm or []):
+        if state is not None:
+            method.warm_start(state, rows=[row])
+    steps = plan.steps_for(warm=bool(warm) and all(state is not None for state in warm))
+    callbacks: List[Any] = [HeldOutEarlyStopping(patience=plan.patience)] if plan.stop == "heldout" else []
+    callbacks.append(writer)
     task_id = None
     if progress is not None:
-        task_id = progress.add_task(label, total=plan.steps)
+        task_id = progress.add_task(label, total=steps)
         callbacks.append(step_progress(progress, task_id))
-    trainer = pl.Trainer(max_steps=plan.steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
                          **plan.trainer_args)
     try:
@@ -318,8 +397,8 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
     if progress is not None:
         progress.remove_task(task_id)
     if not trainer.is_global_zero:  # the main process reports; the volumes are its to assemble
-        return {}
-    return {item.label: writer.metrics(*_writer_key(item)) or {} for item in chunk}
+        return {}, method
+    return {item.label: writer.metrics(*_writer_key(item)) or {} for item in chunk}, method
 
 
 def _writer_key(item: Item) -> Tuple[Any, ...]:
@@ -347,8 +426,13 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
         [item.key for item in plan.items]
     pending_set = set(map(_hashable, pending_keys))
     pending = [item for item in plan.items if _hashable(item.key) in pending_set]
-    world = _device_count(plan.trainer_args.get("devices", 1))
-    work = chunks(pending, plan.chunk_size, world) if pending else []
+    world = _device_count(plan.trainer_args.get("devices", 1)) * int(plan.trainer_args.get("num_nodes", 1))
+    source: Dict[Any, Optional[Item]] = {}
+    if plan.warm_start:
+        work, source = warm_chunks(plan.items, world) if plan.items else ([], {})
+        work = [chunk for chunk in work if _pending_chunk(chunk, pending_set)]
+    else:
+        work = chunks(pending, plan.chunk_size, world) if pending else []
     if main_process:
         what = "slices" if plan.kind == "mri" else "images"
         largest = max((len(c) for c in work), default=0)
@@ -359,14 +443,19 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
     progress = progress_display(show_progress and main_process, console, description_width=40)
     done_now: Dict[str, Dict[str, Any]] = {}
     failed: List[str] = []
+    warm_states: Dict[Any, Dict[str, Any]] = {}
     fitting = time.perf_counter()
     with progress or contextlib.nullcontext():
         overall = progress.add_task("items", total=len(plan.items), completed=len(plan.items) - len(pending)) \
             if progress is not None else None
         for number, chunk in enumerate(work, start=1):
             label = f"chunk {number}/{len(work)} ({len(chunk)} items)"
+            warm = [_warm_state_of(plan, source.get(_hashable(item.key)), warm_states) for item in chunk] \
+                if plan.warm_start else None
             try:
-                results = fit_chunk(plan, chunk, writer, progress, label)
+                results, method = fit_chunk(plan, chunk, writer, progress, label, warm)
+                if plan.warm_start:
+                    warm_states = _keep_warm_states(plan, chunk, method, main_process)
             except NonFiniteReconstruction as error:
                 bad = {_hashable(key) for key in error.keys}
                 failed += [item.label for item in chunk if _hashable(item.key) in bad]
@@ -394,6 +483,42 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
 
 def _hashable(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
+
+
+def _pending_chunk(chunk: Sequence[Item], pending: set) -> bool:
+    """Whether a warm-start chunk is still to do: all of its items (done in lockstep), or none of them."""
+    todo = [_hashable(item.key) in pending for item in chunk]
+    if any(todo) and not all(todo):
+        names = ", ".join(item.label for item, left in zip(chunk, todo) if not left)
+        raise ValueError(f"a warm-started chunk is partly written ({names} written, the rest not): run again with "
+                         f"--overwrite, or without --warm-start")
+    return all(todo)
+
+
+def _warm_state_of(plan: Plan, neighbour: Optional[Item], kept: Dict[Any, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The state a slice starts from: its neighbour's, from this run or from the file an earlier run kept."""
+    from ugodit_pl.methods.warm import load_warm_state
+
+    if neighbour is None:
+        return None
+    key = _hashable(neighbour.key)
+    if key in kept:
+        return kept[key]
+    path = warm_path(plan.out, neighbour)
+    return load_warm_state(path) if path.is_file() else None
+
+
+def _keep_warm_states(plan: Plan, chunk: Sequence[Item], method: Any, main_process: bool) -> Dict[Any, Dict[str, Any]]:
+    """The warm states of the chunk's fitted items, kept for the next chunk and (by the main process) on disk."""
+    from ugodit_pl.methods.warm import save_warm_state
+
+    states = {}
+    for row, item in enumerate(chunk):
+        state = method.warm_state(row)
+        states[_hashable(item.key)] = state
+        if main_process:
+            save_warm_state(state, warm_path(plan.out, item))
+    return states
 
 
 def _describe_source(plan: Plan) -> str:
@@ -433,6 +558,9 @@ def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[
         "mean_ssim": round(sum(ssims) / len(ssims), 4) if ssims else None,
         "volumes": volumes,
         "chunk_size": plan.chunk_size,
+        "warm_start": plan.warm_start,
+        "warm_steps": plan.warm_steps,
+        "stop": plan.stop,
         "seconds": round(seconds, 3),
         "items_per_hour": round(len(done_now) * 3600.0 / round(seconds, 3), 1) if done_now and seconds >= 1e-3 else None,
         "metrics": ("per item: PSNR / SSIM (/ NMSE) of each slice against its target with the slice's own maximum as "
@@ -463,8 +591,10 @@ def summary_table(summary: Dict[str, Any]):
     if summary.get("items_per_hour"):
         what = "slices" if summary["volumes"] or any("slice_" in row["name"] for row in summary["items"]) else "images"
         done = sum(row["status"] == "reconstructed" for row in summary["items"])
+        how = ("warm-started, one slice per process at a time" if summary.get("warm_start")
+               else f"chunks of {summary['chunk_size']}")
         captions.append(f"this run: {done} {what} in {summary['seconds']:.0f} s, {summary['items_per_hour']:.0f} {what} "
-                        f"per hour (chunks of {summary['chunk_size']})")
+                        f"per hour ({how})")
     table.caption = "\n".join(captions) or None
     return table
 
@@ -500,6 +630,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                           help="images: the files are already degraded measurements (no ground truth)")
     degraded.add_argument("--clean", dest="degraded", action="store_false",
                           help="images: the files are clean; degrade them with the config's operator and report PSNR")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="fit the slices of each volume in order, each from its neighbour's fitted decoder "
+                             "(each process a contiguous slab of slices, one slice at a time; the state of every "
+                             "slice is kept in OUT/.warm so that an interrupted run resumes its chains)")
+    parser.add_argument("--warm-steps", type=int, default=None,
+                        help="steps of a warm-started slice (default: --steps)")
+    parser.add_argument("--stop", default="none", choices=("none", "heldout"),
+                        help="heldout: hold out --holdout-fraction of the sampled k-space, stop a slice when its "
+                             "error there has not fallen for --patience steps, keep its best reconstruction (with "
+                             "every measured sample put back); none (default): fixed steps")
+    parser.add_argument("--holdout-fraction", type=float, default=0.1,
+                        help="the part of the sampled k-space outside the calibration region held out (default 0.1)")
+    parser.add_argument("--patience", type=int, default=200, help="steps without improvement before a stop (default 200)")
+    parser.add_argument("--num-nodes", type=int, default=1,
+                        help="machines taking part (Lightning's num_nodes, DDP): launch the same command on each, "
+                             "with torchrun or SLURM's srun (README, 'Multi-GPU and multi-node')")
     parser.add_argument("--overwrite", action="store_true", help="redo items that are already written")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(list(argv))

@@ -33,8 +33,9 @@ Usage (any subclass)::
 
 from __future__ import annotations
 
+import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
@@ -45,6 +46,8 @@ from ugodit_pl.arguments import check_choice, fraction, positive, whole
 from ugodit_pl.methods.batches import CheckedBatch, Step, batch_rows, check_batch_layout, measurement_fingerprints
 from ugodit_pl.methods.compiling import compile_arguments
 from ugodit_pl.methods.defaults import DEFAULT_LR, default_residual, network_default
+from ugodit_pl.methods.holdout import PATTERNS as HOLDOUT_PATTERNS
+from ugodit_pl.methods.holdout import check_holdout_fraction, holdout_error, split_measurement
 from ugodit_pl.methods.inputs import INPUT_INITS, initial_input
 from ugodit_pl.methods.losses import LOSS_NORMS, residual_norm
 from ugodit_pl.methods.networks import NETWORK_INITS
@@ -53,6 +56,8 @@ from ugodit_pl.methods.results import FittedResults, ema_past_weight
 from ugodit_pl.methods.scaling import apply_scale, in_precision, measurement_scale
 from ugodit_pl.methods.state import FitState
 from ugodit_pl.methods.trainer_access import attached_trainer, logs_metrics_at, training_batch, world_size
+from ugodit_pl.methods.warm import apply_warm_state, load_warm_state, warm_state
+from ugodit_pl.operators.base import Operator
 
 OUTPUTS = ("ema", "last")
 EMA_VARIANTS = ("corrected", "authors")
@@ -115,10 +120,23 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
             graph of that size, as for the second slice of a folder), the later ones run about x1.4
             faster there (docs/RESULTS.md, "Speed"): it pays for long fits and for folders, not for one
             600-step fit. Where the network cannot be compiled, the fit warns once and runs eagerly.
+        final_projection: the reconstruction is the output with its measured k-space put back,
+            S^H F^H((1 - P) F S x + P y) with every measured sample (an option of the reconstruction,
+            not of the fit: the fit and ``current_output`` are unchanged). Needs an operator with
+            ``data_consistent`` (MRI, inpainting). None = on exactly when samples are held out, so
+            that the held-out samples are not lost in the image.
+        holdout_fraction: 0 (off), or the fraction of the sampled k-space locations outside the
+            calibration region that the fit does not see (MRI only; ``ugodit_pl.methods.holdout``):
+            ``holdout_error()`` is the output's error on them, which ``HeldOutEarlyStopping``
+            watches. Must be below 0.5.
+        holdout_pattern: what is held out: whole lines of a 1-D mask (``"lines"``), single sampled
+            locations (``"points"``), or ``"auto"``: lines for a 1-D mask, points otherwise.
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).
     optimises_inputs = False
+    #: The per-measurement networks a warm start carries (``ugodit_pl.methods.warm``).
+    warm_modules: Tuple[str, ...] = ("nets",)
 
     def __init__(
         self,
@@ -140,6 +158,9 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
         input_channels: Optional[int] = None,
         seed: int = 0,
         compile: Union[bool, Dict[str, Any]] = False,
+        final_projection: Optional[bool] = None,
+        holdout_fraction: float = 0.0,
+        holdout_pattern: str = "auto",
     ) -> None:
         super().__init__()
         check_choice("loss_norm", loss_norm, LOSS_NORMS)
@@ -172,12 +193,16 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
         self.input_channels = None if input_channels is None else whole("input_channels", input_channels, minimum=1)
         self.seed = whole("seed", seed, minimum=0)
         self.compile_args = compile_arguments(compile)
+        self.holdout_fraction = check_holdout_fraction(holdout_fraction)
+        self.holdout_pattern = check_choice("holdout_pattern", holdout_pattern, HOLDOUT_PATTERNS)
+        self.final_projection = self.holdout_fraction > 0 if final_projection is None else bool(final_projection)
         self._compiled: Optional[Any] = None
         self.fit_state = FitState(trainable_inputs=self.optimises_inputs)
         self.final_output: Optional[torch.Tensor] = None
         self.last_index: Optional[torch.Tensor] = None
         self._complex_data = False
         self._checked_batch: Optional[CheckedBatch] = None
+        self._warm_image_shape: Optional[Tuple[int, int]] = None
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
@@ -257,6 +282,10 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
         check_batch_layout(batch, self.num_measurements, type(self).__name__)
         raw_y, operator = in_precision(batch["y"], self.dtype), batch["operator"]
         rows = batch_rows(batch, self.device).cpu()
+        if self.final_projection and not hasattr(operator, "data_consistent"):
+            raise ValueError(f"final_projection puts the measured samples back into the reconstruction: it needs an "
+                             f"operator with data_consistent (MRI, inpainting); {type(operator).__name__} has none")
+        operator, raw_y, _ = self._fitted_samples(operator, raw_y, rows.tolist(), batch.get("name"))
         try:
             start = operator.init_input(raw_y)
             measured = tuple(operator(start).shape)
@@ -282,8 +311,14 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
         z = initial_input(self.input_init, operator, y, channels=self.input_channel_count, seed=self.seed,
                           rows=rows.tolist(), reference=reference)
         self._check_network_input(z, batch)
+        if self._warm_image_shape is not None and tuple(z.shape[-2:]) != self._warm_image_shape:
+            raise ValueError(
+                f"{batch.get('name') or 'the measurements'}: a warm start from a fit of {self._warm_image_shape[0]} x "
+                f"{self._warm_image_shape[1]} images, but these are {z.shape[-2]} x {z.shape[-1]}: warm-start from a "
+                f"neighbour of the same size"
+            )
         state = self.fit_state
-        state.fingerprints = measurement_fingerprints(raw_y, rows, self.num_measurements)
+        state.fingerprints = measurement_fingerprints(batch["y"], rows, self.num_measurements)
         self._checked_batch = None
         if state.fits(self.num_measurements, z.shape[1:], start.shape[1:]):
             return
@@ -359,8 +394,8 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
             memo = self._check_step_batch(batch)
             self._checked_batch = memo
         counts = self.fit_state.steps[memo.row_list].tolist()
-        return Step(rows=memo.rows, row_list=memo.row_list, counts=counts, y=memo.y, operator=batch["operator"],
-                    support=memo.support)
+        return Step(rows=memo.rows, row_list=memo.row_list, counts=counts, y=memo.y, operator=memo.operator,
+                    support=memo.support, measured_y=memo.measured_y, measured_operator=memo.measured_operator)
 
     def _check_step_batch(self, batch: Mapping[str, Any]) -> CheckedBatch:
         check_batch_layout(batch, self.num_measurements, type(self).__name__)
@@ -382,11 +417,21 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
                 f"the measurements of rows {rows[changed].tolist()} differ from those the fit was set up with: a loader "
                 f"must serve the same measurement under the same index at every step"
             )
-        y = in_precision(raw_y, self.fit_state.scales.dtype)
-        if self._should_normalize(y):
-            y = apply_scale(y, self.fit_state.scales[rows])
+        measured_y = in_precision(raw_y, self.fit_state.scales.dtype)
+        if self._should_normalize(measured_y):
+            measured_y = apply_scale(measured_y, self.fit_state.scales[rows])
+        operator, y, held_out = self._fitted_samples(batch["operator"], measured_y, row_list, batch.get("name"))
         support = batch["operator"].image_support()
-        return CheckedBatch.of(batch, rows, row_list, y, None if support is None else support.to(y.device))
+        return CheckedBatch.of(batch, rows, row_list, y, None if support is None else support.to(y.device),
+                               operator=operator, measured_y=measured_y, measured_operator=batch["operator"],
+                               held_out=held_out)
+
+    def _fitted_samples(self, operator: Operator, y: torch.Tensor, rows: List[int], names: Optional[List[str]] = None
+                        ) -> Tuple[Operator, torch.Tensor, Optional[torch.Tensor]]:
+        """The operator and measurements the fit sees, and the held-out mask (``holdout_fraction``; else None)."""
+        if not self.holdout_fraction:
+            return operator, y, None
+        return split_measurement(operator, y, self.holdout_fraction, self.seed, rows, names, self.holdout_pattern)
 
     def end_step(self, step: Step, loss: torch.Tensor, data: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """Record the step's outputs (EMA, last), advance the rows' counters, log; return the loss to minimise."""
@@ -411,8 +456,48 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
             state.write("ema", rows, past * state.ema[rows] + (1.0 - past) * averaged)
             state.write("ema_count", rows, state.ema_count[rows] + 1)
         state.write("last", rows, output)
-        state.share("ema", "last", "ema_count")
+        shared = ["ema", "last", "ema_count"]
+        if self.final_projection:
+            source = state.ema[rows] if self.output == "ema" else output
+            measured_y = step.y if step.measured_y is None else step.measured_y
+            operator = step.operator if step.measured_operator is None else step.measured_operator
+            state.write("projected", rows, operator.data_consistent(source.to(measured_y.real.dtype), measured_y))
+            shared.append("projected")
+        state.share(*shared)
         self.last_index = rows
+
+    def holdout_error(self) -> Optional[torch.Tensor]:
+        """(B,) the reconstruction's error on the held-out samples of the last batch's rows (before the final
+        projection, which would put them back): ||H (A x - y)||^2 / ||H y||^2; None without held-out samples
+        or before a step (``ugodit_pl.methods.holdout``)."""
+        memo = self._checked_batch
+        if memo is None or memo.held_out is None or self.last_index is None:
+            return None
+        source = self.fit_state.ema if self.output == "ema" else self.fit_state.last
+        return holdout_error(memo.measured_operator, source[memo.rows].to(memo.measured_y.real.dtype), memo.measured_y,
+                             memo.held_out)
+
+    # ----------------------------------------------------------------- warm starts
+    def warm_state(self, row: int = 0) -> Dict[str, Any]:
+        """The networks this fit ended with for measurement ``row``, for a neighbour's fit to start from
+        (``warm_start``; ``ugodit_pl.methods.warm``)."""
+        return warm_state(self, row)
+
+    def warm_start(self, state: Union[Dict[str, Any], str, "os.PathLike[str]"],
+                   rows: Optional[List[int]] = None) -> "ReconstructionMethod":
+        """Start the measurements ``rows`` of this fit (default: all) from a neighbour's ``warm_state()`` (or
+        a file saved with ``ugodit_pl.methods.warm.save_warm_state``), before ``trainer.fit``; returns the
+        method. Under DDP every process must make the same warm starts (all rows' networks are shared).
+
+        Example::
+
+            previous = ASeqDIP(); pl.Trainer(max_steps=1000).fit(previous, slice_11)
+            nxt = ASeqDIP().warm_start(previous.warm_state()); pl.Trainer(max_steps=300).fit(nxt, slice_12)
+        """
+        if not isinstance(state, dict):
+            state = load_warm_state(state)
+        self._warm_image_shape = apply_warm_state(self, state, rows)
+        return self
 
     # ----------------------------------------------------------------- optimiser
     def parameter_groups(self) -> List[Dict[str, Any]]:

@@ -89,6 +89,10 @@ class CheckedBatch:
     row_list: List[int]
     y: torch.Tensor
     support: Optional[torch.Tensor]
+    operator: Operator  # the operator the fit uses: the batch's, or its samples less the held-out ones
+    measured_y: torch.Tensor  # every measured sample, normalised (``y`` unless samples are held out)
+    measured_operator: Operator
+    held_out: Optional[torch.Tensor] = None  # (B, 1, H, W): 1 at the held-out samples (``methods.holdout``)
 
     @staticmethod
     def _parts(batch: Mapping[str, Any]) -> Optional[Tuple[Any, ...]]:
@@ -99,8 +103,9 @@ class CheckedBatch:
 
     @classmethod
     def of(cls, batch: Mapping[str, Any], rows: torch.Tensor, row_list: List[int], y: torch.Tensor,
-           support: Optional[torch.Tensor]) -> "CheckedBatch":
-        return cls(cls._parts(batch) or (), batch["y"]._version, rows, row_list, y, support)
+           support: Optional[torch.Tensor], **derived: Any) -> "CheckedBatch":
+        """``derived``: ``operator``, ``measured_y``, ``measured_operator``, ``held_out``."""
+        return cls(cls._parts(batch) or (), batch["y"]._version, rows, row_list, y, support, **derived)
 
     def serves(self, batch: Mapping[str, Any]) -> bool:
         """Whether ``batch`` is the checked one, unchanged."""
@@ -118,6 +123,8 @@ class Step:
     rows: torch.Tensor      # (B,) positions in the set, on the module's device
     row_list: List[int]     # the same, as Python ints
     counts: List[int]       # training steps each row has taken before this one
-    y: torch.Tensor         # (B, ...) the measurements divided by their scales
-    operator: Operator
+    y: torch.Tensor         # (B, ...) the fitted measurements divided by their scales
+    operator: Operator      # their operator
     support: Optional[torch.Tensor] = None  # (B|1, 1, H, W): where the outputs are recorded (None: everywhere)
+    measured_y: Optional[torch.Tensor] = None  # every measured sample (None: ``y``; differs when some are held out)
+    measured_operator: Optional[Operator] = None

@@ -33,16 +33,18 @@ def ema_past_weight(count: torch.Tensor, decay: float, variant: str) -> torch.Te
 
 class FittedResults:
     """The reconstructions of a ``ReconstructionMethod`` (a mixin: it reads ``fit_state``, ``output``,
-    ``final_output`` and ``last_index``, which the method sets)."""
+    ``final_projection``, ``final_output`` and ``last_index``, which the method sets)."""
 
     def _rows_in_units(self, name: str, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rows of the state's ``ema`` or ``last`` in the measurement's units; NaN where a row has none yet.
+        """Rows of the state's ``ema``, ``last`` or ``projected`` in the measurement's units; NaN where a row has
+        none yet.
 
         Read from the state, so after a ``DivergenceRollback`` restore they are the restored ones.
         """
         state = self.fit_state
         rows = torch.arange(state.num_rows, device=state.ema.device) if rows is None else rows
-        count = (state.ema_count if name == "ema" else state.steps.to(state.ema.device))[rows]
+        averaged = name == "ema" or (name == "projected" and self.output == "ema")
+        count = (state.ema_count if averaged else state.steps.to(state.ema.device))[rows]
         values = undo_scale(getattr(state, name)[rows], state.scales[rows])
         return torch.where((count > 0).view(-1, *([1] * (values.ndim - 1))), values, torch.full_like(values, float("nan")))
 
@@ -61,22 +63,30 @@ class FittedResults:
         """The reconstruction of the last batch's measurements, in measurement units.
 
         ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``), else the EMA or
-        the last output as ``output`` says.
+        the last output as ``output`` says, with its measured samples put back if ``final_projection``.
         """
         if self.final_output is not None:
             return self.final_output
-        return self.ema_output if self.output == "ema" else self.current_output
+        return None if self.last_index is None else self._rows_in_units(self._result, self.last_index)
+
+    @property
+    def _result(self) -> str:
+        """The state tensor that holds the reconstructions."""
+        if self.final_projection:
+            return "projected"
+        return "ema" if self.output == "ema" else "last"
 
     def all_reconstructions(self) -> torch.Tensor:
         """Reconstructions of all N measurements, (N, C, H, W), in measurement units.
 
-        The EMA or the last outputs per ``output``, with the rows of the last batch replaced by
+        The EMA or the last outputs per ``output`` (projected per ``final_projection``), with the rows of
+        the last batch replaced by
         ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``). A row that has no output
         yet (or was rolled back to before its first step) is NaN, which no writer writes.
         """
         if not self.fit_state.allocated:
             raise RuntimeError("nothing has been fitted yet: run trainer.fit first")
-        rows = self._rows_in_units("ema" if self.output == "ema" else "last")
+        rows = self._rows_in_units(self._result)
         if self.final_output is not None and self.last_index is not None:
             rows = rows.clone()
             rows[self.last_index] = self.final_output.to(rows.dtype)

@@ -10,6 +10,8 @@ fit keeps per row besides the network weights. It is a submodule of the method, 
 - ``scales`` (N,): s_i; row i fits y_i / s_i and its outputs are multiplied back by s_i.
 - ``ema``, ``last`` (N, C, H, W): the moving average and the last of the outputs, normalised units.
 - ``ema_count`` (N,): outputs averaged into ``ema`` so far (for the bias correction).
+- ``projected`` (N, C, H, W): the reconstruction (EMA or last) with its measured samples put back,
+  written only when the method's ``final_projection`` is on.
 - ``steps`` (N,): training steps each row has taken; the input-update and EMA schedules and the
   random draws of a row are functions of it, so they roll back with a snapshot (CPU, int64).
 - ``names``: a readable name per row (e.g. ``file.h5/slice_017``).
@@ -35,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 #: The tensors of the state that have one row per measurement and live on the module's device.
-ROW_TENSORS = ("inputs", "scales", "ema", "ema_count", "last")
+ROW_TENSORS = ("inputs", "scales", "ema", "ema_count", "last", "projected")
 
 
 class FitState(nn.Module):
@@ -46,6 +48,7 @@ class FitState(nn.Module):
     ema: torch.Tensor
     ema_count: torch.Tensor
     last: torch.Tensor
+    projected: torch.Tensor
 
     def __init__(self, trainable_inputs: bool = False) -> None:
         super().__init__()
@@ -87,6 +90,7 @@ class FitState(nn.Module):
             "ema": (num_rows, *output_shape),
             "ema_count": (num_rows,),
             "last": (num_rows, *output_shape),
+            "projected": (num_rows, *output_shape),
         }
         for name, shape in shapes.items():
             self._replace(name, torch.zeros(shape, dtype=dtype, device=device))

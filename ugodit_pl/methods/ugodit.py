@@ -42,7 +42,8 @@ ENCODER_NORMS = ("measurement", "group")
 
 
 class UGoDITPretrain(SequentialInputObjective):
-    """Group pre-training: a shared encoder and M decoders fitted to M measurements.
+    """Group pre-training: a shared encoder and M decoders fitted to M measurements (no warm starts:
+    its product is the transferable weights).
 
     Args:
         num_measurements: M, the number of measurements (and decoders).
@@ -61,6 +62,8 @@ class UGoDITPretrain(SequentialInputObjective):
         pre = UGoDITPretrain(num_measurements=5, network="unet", weights_path="encoder.pt")
         pl.Trainer(max_steps=3000).fit(pre, FastMRIDataModule(..., role="pretrain"))
     """
+
+    warm_modules = ()
 
     def __init__(self, *, weights_path: Optional[str] = None, encoder_norm: str = "measurement", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -158,6 +161,8 @@ class UGoDITFit(SequentialInputObjective):
         pl.Trainer(max_steps=2000).fit(fit, FastMRIDataModule(..., role="test"))
     """
 
+    warm_modules = ("decoders",)
+
     def __init__(
         self,
         *,
@@ -224,6 +229,11 @@ class UGoDITFit(SequentialInputObjective):
 
     def on_train_start(self) -> None:
         self.train(True)  # also after a user's own ``.train()`` / ``.eval()`` calls on submodules
+
+    @property
+    def frozen_encoder(self) -> torch.nn.Module:
+        """The transferable encoder; a warm start must come from a fit behind the same one."""
+        return self.encoder
 
     def network_output(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

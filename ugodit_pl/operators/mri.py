@@ -156,6 +156,16 @@ class MultiCoilMRI(Operator):
         maps = _concat_state([op.coil_maps for op in operators], sizes)
         return cls._from_state(mask, maps)
 
+    def with_mask(self, mask: torch.Tensor) -> "MultiCoilMRI":
+        """The same coils with another sampling mask (B|1, H, W), e.g. a subset of this one's samples.
+
+        >>> import torch
+        >>> op = SingleCoilMRI(torch.ones(4, 4))
+        >>> op.with_mask(torch.zeros(1, 4, 4)).mask.sum().item()
+        0.0
+        """
+        return type(self)._from_state(_as_mask(mask, device=self.coil_maps.device), self.coil_maps)
+
     def select(self, index: torch.Tensor | Sequence[int]) -> "MultiCoilMRI":
         """The operator of samples ``index`` (batch-1 state stays shared)."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.mask.device).reshape(-1)

@@ -1,6 +1,6 @@
 """``ugodit benchmark SUITE --preset tiny|quick|full --out DIR``: one command per claim.
 
-Suites: ``mri-quality``, ``sr-quality``, ``speed``, ``early-stopping``, ``transfer-study``. Each
+Suites: ``mri-quality``, ``sr-quality``, ``speed``, ``early-stopping``, ``transfer-study``, ``volume``. Each
 writes ``DIR/SUITE.json`` (the results, the settings, the command line, the git revision and the
 machine: CPU model, cores, threads, GPU, load average at the start and the end) and its PNG plots.
 
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-SUITES = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study")
+SUITES = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study", "volume")
 PRESET_NAMES = ("tiny", "quick", "full")
 
 __all__ = ["SUITES", "main", "run_suite"]
@@ -92,6 +92,11 @@ def _runner(suite: str) -> Callable[..., Dict[str, Any]]:
         from ugodit_pl.apps.benchmarks.transfer_study import run_transfer_study
 
         return lambda preset, out, data, device, seed, overrides: run_transfer_study(
+            preset, out, data=data, device=device, seed=seed, overrides=overrides)
+    if suite == "volume":
+        from ugodit_pl.apps.benchmarks.volume import run_volume_suite
+
+        return lambda preset, out, data, device, seed, overrides: run_volume_suite(
             preset, out, data=data, device=device, seed=seed, overrides=overrides)
     raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
 

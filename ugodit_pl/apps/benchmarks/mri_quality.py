@@ -125,8 +125,10 @@ def _at(curve: Dict[str, List[float]], step: int) -> Optional[float]:
 
 
 # --------------------------------------------------------------------------- classical
-def classical_results(batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """Zero-filled, CG-SENSE, L1-wavelet and L1-wavelet at its best lambda of ``l1_grid`` (oracle-tuned)."""
+def classical_results(batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any],
+                      keep_images: bool = False) -> Dict[str, Dict[str, Any]]:
+    """Zero-filled, CG-SENSE, L1-wavelet and L1-wavelet at its best lambda of ``l1_grid`` (oracle-tuned);
+    with ``keep_images`` each entry also holds its support-masked magnitude image (1, 1, H, W) as ``image``."""
     from ugodit_pl import classical
 
     y, mask, maps, target = batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0], batch["target"]
@@ -143,13 +145,17 @@ def classical_results(batch: Dict[str, Any], support: torch.Tensor, settings: Di
         recon = run()
         out[name] = {"kind": "classical", "metrics": problem_metrics(recon[None], target, support),
                      "seconds": time.perf_counter() - start}
+        if keep_images:
+            out[name]["image"] = complex_magnitude(recon[None].cpu()).float() * support.cpu()
     tuned = []
     for lamda in settings["l1_grid"]:
         recon = classical.l1_wavelet(y, mask, maps, lamda=float(lamda), **l1_args)
-        tuned.append((problem_metrics(recon[None], target, support), float(lamda)))
-    best, lamda = max(tuned, key=lambda item: item[0]["psnr"])
+        tuned.append((problem_metrics(recon[None], target, support), float(lamda), recon))
+    best, lamda, recon = max(tuned, key=lambda item: item[0]["psnr"])
     out["l1_wavelet_tuned"] = {"kind": "classical", "metrics": best, "lamda": lamda,
-                               "grid": {str(g): m["psnr"] for m, g in tuned}, "oracle": True}
+                               "grid": {str(g): m["psnr"] for m, g, _ in tuned}, "oracle": True}
+    if keep_images:
+        out["l1_wavelet_tuned"]["image"] = complex_magnitude(recon[None].cpu()).float() * support.cpu()
     return out
 
 

@@ -1,0 +1,141 @@
+"""Whole volumes with ``ugodit reconstruct``: warm starts along the slices, held-out stopping, resuming a
+warm-started run, and two nodes of one process each (gloo on localhost) against one process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from method_problems import TINY_UNET
+from ugodit_pl.apps.cli import main
+
+
+@pytest.fixture
+def volume(tmp_path):
+    from ugodit_pl.datamodules import make_mri_demo
+
+    folder = tmp_path / "data"
+    make_mri_demo(folder, num_files=1, num_slices=4, size=(32, 32), num_coils=2)
+    return folder
+
+
+@pytest.fixture
+def weights(tmp_path):
+    from ugodit_pl.methods import save_transferable_weights
+    from ugodit_pl.nets import build_network
+
+    path = tmp_path / "weights.pt"
+    save_transferable_weights(path, build_network("unet", **TINY_UNET).encoder, network="unet", network_args=TINY_UNET,
+                              metadata={"operator": "MultiCoilMRI"})
+    return path
+
+
+def args(data, weights, out, *extra):
+    return ["reconstruct", "--data", str(data), "--weights", str(weights), "--out", str(out), "--steps", "4",
+            "--accelerator", "cpu", "--quiet", *extra]
+
+
+def volume_of(out: Path) -> np.ndarray:
+    with h5py.File(out / "demo_mri_00.h5") as handle:
+        return handle["reconstruction"][()]
+
+
+def test_warm_start_chains_the_slices_with_fewer_steps(volume, weights, tmp_path, monkeypatch):
+    from ugodit_pl.apps import reconstruct
+
+    starts = []
+    original = reconstruct.fit_chunk
+    monkeypatch.setattr(reconstruct, "fit_chunk", lambda plan, chunk, writer, progress, label, warm: starts.append(
+        [state is not None for state in warm or []]) or original(plan, chunk, writer, progress, label, warm))
+    out = tmp_path / "warm"
+    assert main(args(volume, weights, out, "--warm-start", "--warm-steps", "2")) == 0
+    assert starts[:4] == [[False], [True], [True], [True]]  # one slice per chunk, each from the one before
+    summary = json.loads((out / "reconstruct_summary.json").read_text())
+    assert [row["steps"] for row in summary["items"]] == [4, 2, 2, 2]
+    assert sorted(p.name for p in (out / ".warm").iterdir()) == [f"demo_mri_00.h5.slice_{s:04d}.pt" for s in range(4)]
+    cold = tmp_path / "cold"
+    assert main(args(volume, weights, cold, "--chunk-size", "1")) == 0
+    np.testing.assert_array_equal(volume_of(out)[0], volume_of(cold)[0])  # the first slice starts cold in both
+    assert not np.array_equal(volume_of(out)[1], volume_of(cold)[1])
+
+
+def test_an_interrupted_warm_run_resumes_to_the_same_volume_bit_for_bit(volume, weights, tmp_path, monkeypatch, capsys):
+    from ugodit_pl.apps import reconstruct
+
+    whole = tmp_path / "whole"
+    assert main(args(volume, weights, whole, "--warm-start")) == 0
+    handler = signal.getsignal(signal.SIGINT)
+    original, built = reconstruct.build_method, []
+
+    def build(plan, count):
+        method = original(plan, count)
+        built.append(method)
+        if len(built) == 3:
+            def interrupt(*a, **k):
+                raise KeyboardInterrupt
+
+            method.training_step = interrupt
+        return method
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(reconstruct, "build_method", build)
+    try:
+        assert main(args(volume, weights, out, "--warm-start")) == 130
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    with h5py.File(out / "demo_mri_00.h5") as handle:
+        assert list(handle.attrs["slices"]) == [0, 1]
+    monkeypatch.setattr(reconstruct, "build_method", original)
+    assert main(args(volume, weights, out, "--warm-start")) == 0
+    np.testing.assert_array_equal(volume_of(out), volume_of(whole))
+
+
+def test_held_out_stopping_in_reconstruct(volume, weights, tmp_path):
+    out = tmp_path / "stopped"
+    assert main(args(volume, weights, out, "--stop", "heldout", "--holdout-fraction", "0.4", "--patience", "2",
+                     "--steps", "30", "--slices", "0:2", "--chunk-size", "1")) == 0
+    summary = json.loads((out / "reconstruct_summary.json").read_text())
+    assert all(2 <= row["steps"] <= 30 for row in summary["items"]) and np.isfinite(volume_of(out)).all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--warm-steps", "2"), "--warm-steps sets the steps of warm-started slices: give --warm-start too"),
+    (("--stop", "heldout", "--holdout-fraction", "0.5"), r"holdout_fraction must be 0 \(off\) or in \(0, 0.5\)"),
+    (("--stop", "heldout", "--holdout-fraction", "0.01"), "demo_mri_00.h5/slice_000: holdout_fraction=0.01 holds out"),
+    (("--num-nodes", "0"), "--num-nodes must be a whole number >= 1"),
+])
+def test_bad_volume_options_are_refused_before_fitting(volume, weights, tmp_path, capsys, extra, message):
+    import re
+
+    assert main(args(volume, weights, tmp_path / "out", *extra)) != 0
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out" / "demo_mri_00.h5").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_write_the_same_volume_as_one_process(volume, weights, tmp_path):
+    """``--num-nodes 2``: two torchrun launches of one process each (gloo, localhost), as two machines would."""
+    single, nodes = tmp_path / "single", tmp_path / "nodes"
+    assert main(args(volume, weights, single)) == 0
+    port = str(free_port())
+    launches = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
+         "--master-addr", "127.0.0.1", "--master-port", port, "-m", "ugodit_pl",
+         *args(volume, weights, nodes, "--num-nodes", "2")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path) for rank in (0, 1)]
+    outputs = [launch.communicate(timeout=300)[0] for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    np.testing.assert_allclose(volume_of(nodes), volume_of(single), rtol=1e-4, atol=1e-6)

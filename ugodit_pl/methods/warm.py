@@ -1,0 +1,123 @@
+"""Warm starts: a fit that starts from the networks a neighbouring measurement's fit ended with.
+
+Neighbouring slices of a volume are close, so the next slice's fit can start where the last one
+ended instead of from scratch: ``method.warm_start(previous.warm_state())``. What is carried is the
+networks a measurement owns: the whole network for DIP, reference-guided DIP, Self-Guided DIP and
+aSeqDIP (``nets``), the decoder for UGoDIT's test-time fit (``decoders``; its encoder is the frozen
+transferable one, which must be the same). The new fit keeps its own input (from its own
+measurement), a fresh EMA, a fresh optimiser and its own step budget.
+
+A warm state is a dict of plain containers and tensors (``torch.save``-able, read with
+``weights_only=True``)::
+
+    {"format": "ugodit-pl/warm-state", "format_version": 1, "method": "ASeqDIP", "network": "unet",
+     "network_args": {...}, "residual": True, "image_shape": [H, W], "encoder_checksum": None | float,
+     "modules": {"nets": {state dict of one network}}, "source": "file.h5/slice_012"}
+
+A warm start from another method, network, width, residual setting or encoder is refused when it
+is applied; one from another image size when the fit is prepared (before any step).
+
+>>> import torch
+>>> from ugodit_pl.methods import ASeqDIP
+>>> first = ASeqDIP(network_args={"channels": [4, 8, 8, 8]})
+>>> first.fit_state.allocate(1, (2, 16, 16), (2, 16, 16), torch.float32)
+>>> second = ASeqDIP(network_args={"channels": [4, 8, 8, 8]}, seed=5).warm_start(first.warm_state())
+>>> all(torch.equal(a, b) for a, b in zip(second.nets.parameters(), first.nets.parameters()))
+True
+>>> ASeqDIP(network_args={"channels": [8, 8, 8, 8]}).warm_start(first.warm_state())
+Traceback (most recent call last):
+...
+ValueError: warm start from a ASeqDIP fit of a unet with {'channels': [4, 8, 8, 8]}, but this ASeqDIP has a unet with {'channels': [8, 8, 8, 8]}: start from a fit of the same network and width
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from ugodit_pl.atomic import atomic_torch_save
+from ugodit_pl.methods.transferable import _plain
+
+FORMAT = "ugodit-pl/warm-state"
+FORMAT_VERSION = 1
+
+
+def encoder_checksum(encoder: Optional[nn.Module]) -> Optional[float]:
+    """A float that tells two frozen encoders apart (the sum of their weights in float64), or None."""
+    if encoder is None:
+        return None
+    return float(sum(p.detach().double().sum() for p in encoder.state_dict().values() if p.is_floating_point()))
+
+
+def warm_state(method: Any, row: int = 0) -> Dict[str, Any]:
+    """What a neighbouring measurement's fit starts from: ``method``'s networks of ``row`` (see the module)."""
+    if not method.warm_modules:
+        raise ValueError(f"{type(method).__name__} has no per-measurement networks to warm-start another fit from")
+    if not method.fit_state.allocated:
+        raise RuntimeError(f"{type(method).__name__}.warm_state: nothing has been fitted yet")
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": type(method).__name__,
+        "network": method.network_name,
+        "network_args": _plain(method.network_args),
+        "residual": bool(method.residual),
+        "image_shape": [int(n) for n in method.fit_state.ema.shape[-2:]],
+        "encoder_checksum": encoder_checksum(getattr(method, "frozen_encoder", None)),
+        "modules": {name: {key: value.detach().cpu().clone()
+                           for key, value in getattr(method, name).module_at(row).state_dict().items()}
+                    for name in method.warm_modules},
+        "source": method.fit_state.names[row] if row < len(method.fit_state.names) else None,
+    }
+
+
+def apply_warm_state(method: Any, state: Dict[str, Any], rows: Optional[Sequence[int]] = None) -> Tuple[int, int]:
+    """Load ``state`` into the networks of the measurements ``rows`` of ``method`` (default: all); return the
+    image shape it needs."""
+    own = type(method).__name__
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{own}.warm_start takes a warm state (method.warm_state() or a file saved with "
+                         f"save_warm_state), got {type(state).__name__}")
+    if state["method"] != own:
+        raise ValueError(f"warm start from a {state['method']} fit, but this is a {own}: start from a fit of the same method")
+    theirs, mine = (state["network"], dict(state["network_args"])), (method.network_name, _plain(method.network_args))
+    if theirs != mine:
+        raise ValueError(f"warm start from a {own} fit of a {theirs[0]} with {theirs[1]}, but this {own} has a "
+                         f"{mine[0]} with {mine[1]}: start from a fit of the same network and width")
+    if bool(state["residual"]) != bool(method.residual):
+        raise ValueError(f"warm start from a fit with residual={state['residual']}, but this {own} has "
+                         f"residual={method.residual}")
+    mine_encoder = encoder_checksum(getattr(method, "frozen_encoder", None))
+    if state.get("encoder_checksum") is not None and mine_encoder is not None and \
+            abs(state["encoder_checksum"] - mine_encoder) > 1e-9 * max(1.0, abs(mine_encoder)):
+        raise ValueError(f"warm start from a {own} fit behind another encoder: both must use the same transferable weights")
+    if set(state["modules"]) != set(method.warm_modules):
+        raise ValueError(f"warm state holds {sorted(state['modules'])}, this {own} needs {list(method.warm_modules)}")
+    for name in method.warm_modules:
+        stack = getattr(method, name)
+        weights = {key: value.to(next(stack.parameters()).dtype) if value.is_floating_point() else value
+                   for key, value in state["modules"][name].items()}
+        for i in range(stack.num) if rows is None else rows:
+            stack.load_module_at(int(i), weights)
+    return int(state["image_shape"][0]), int(state["image_shape"][1])
+
+
+def save_warm_state(state: Dict[str, Any], path: Union[str, Path]) -> Path:
+    """Write a warm state atomically (a run can resume its chain of warm starts from it)."""
+    atomic_torch_save(state, path)
+    return Path(path)
+
+
+def load_warm_state(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a warm state written by :func:`save_warm_state` (``weights_only=True``), with a clear error."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types; its text stays in the cause
+        raise ValueError(f"{str(path)!r} is not a warm-start file (it could not be read as one)") from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a ugodit-pl warm-start file (no {FORMAT!r} marker)")
+    return state
