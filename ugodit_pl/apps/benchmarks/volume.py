@@ -50,19 +50,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": {"volumes": {"epi": [11, 12]}, "crop": (32, 32), "network_args": {"channels": [4, 8, 8, 8]},
              "methods": ["aseqdip"], "cold_steps": 6, "warm_steps": 3, "patience": 2, "check_every": 1,
              "holdout_fraction": 0.3, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3],
-             "sense_iter": 3, "l1_iter": 3},
+             "sense_iter": 3, "l1_iter": 3, "baselines": True},
     # for 2 CPU cores (about 25 minutes): 8 slices of each volume, aSeqDIP and UGoDIT
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
               "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-              "sense_iter": None, "l1_iter": None},
+              "sense_iter": None, "l1_iter": None, "baselines": True},
     # for a GPU: every slice at the native size, all four methods
     "full": {"volumes": {"epi": list(range(24)), "dwi": list(range(10))}, "crop": None,
              "network_args": {"channels": [32, 64, 128, 128]}, "methods": list(VOLUME_METHODS),
              "cold_steps": 1000, "warm_steps": 300, "patience": 150, "check_every": 10, "holdout_fraction": 0.15,
              "eval_every": 50, "pretrain_steps": 1000, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-             "sense_iter": None, "l1_iter": None},
+             "sense_iter": None, "l1_iter": None, "baselines": True},
 }
 
 
@@ -285,12 +285,13 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
             batches = [slice_batch(path, i, crop, cache, seed) for i in indices]
             shape = list(batches[0]["target"].shape[-2:])
             entry: Dict[str, Any] = {"source": source, "slices": list(indices), "shape": shape, "methods": {}}
-            classical = [classical_results(b, panel.support_of(b), settings, keep_images=True) for b in batches]
-            for key in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned"):
-                entry["methods"][key] = {"volume": _classical_volume(classical, key, batches),
-                                         "seconds": round(sum(c[key].get("seconds", 0.0) for c in classical), 2)}
-            log(f"  {name} ({len(indices)} slices {shape[0]}x{shape[1]}): L1-wavelet "
-                f"{entry['methods']['l1_wavelet']['volume']['psnr']:.2f} dB")
+            if settings["baselines"]:  # off for the parallel parts of a GPU run (one part computes them)
+                classical = [classical_results(b, panel.support_of(b), settings, keep_images=True) for b in batches]
+                for key in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned"):
+                    entry["methods"][key] = {"volume": _classical_volume(classical, key, batches),
+                                             "seconds": round(sum(c[key].get("seconds", 0.0) for c in classical), 2)}
+                log(f"  {name} ({len(indices)} slices {shape[0]}x{shape[1]}): L1-wavelet "
+                    f"{entry['methods']['l1_wavelet']['volume']['psnr']:.2f} dB")
             for method_name in methods:
                 cold_summary, cold_fits = run_chain(method_name, "cold", batches, settings, weights, seed, device, log=log)
                 runs = {"cold": cold_summary}
@@ -317,7 +318,7 @@ def summarise(results: Dict[str, Any]) -> Dict[str, Any]:
     the best in hindsight on 90 % of slices, never below zero-filled)."""
     out: Dict[str, Any] = {}
     for name, volume in results["volumes"].items():
-        zero = volume["methods"]["zero_filled"]["volume"]["psnr"]
+        zero = volume["methods"].get("zero_filled", {}).get("volume", {}).get("psnr")
         for method, runs in volume["methods"].items():
             if "cold" not in runs:
                 continue
@@ -330,7 +331,7 @@ def summarise(results: Dict[str, Any]) -> Dict[str, Any]:
                 row[f"{mode}_time_ratio"] = round(run["seconds"] / cold["seconds"], 3)
                 row[f"{mode}_psnr_change"] = round(run["volume"]["psnr"] - cold["volume"]["psnr"], 3)
             row["stop_within_0_3_db"] = runs["warm_stop"]["within_0_3_db"]
-            row["stop_never_below_zero_filled"] = bool(runs["warm_stop"]["volume"]["psnr"] > zero)
+            row["stop_never_below_zero_filled"] = None if zero is None else bool(runs["warm_stop"]["volume"]["psnr"] > zero)
             row["target_met"] = bool(row["warm_stop_psnr_change"] >= -0.1 and row["warm_stop_time_ratio"] <= 0.5)
             out[f"{method} {name}"] = row
     return out
