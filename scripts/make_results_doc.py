@@ -30,7 +30,7 @@ from ugodit_pl.apps.benchmarks.mri_quality import summarise  # noqa: E402
 
 #: Hand-written record of the default changes, with the before/after figures and the files they come from.
 DECISIONS = "decisions.md"
-ORDER = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study")
+ORDER = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study", "volume")
 
 MRI_ROWS = (
     ("zero_filled", "zero-filled A^H y"),
@@ -292,6 +292,41 @@ def transfer_section(doc: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+VOLUME_MODES = (("cold", "cold, fixed steps"), ("warm", "warm starts, fixed steps"),
+                ("warm_stop", "warm starts + held-out stopping"))
+
+
+def volume_section(doc: Dict[str, Any]) -> str:
+    result = doc["result"]
+    s = result["settings"]
+    out = [f"Whole volumes, 4x, slices in order (`ugodit_pl/apps/benchmarks/volume.py`): cold fits of {s['cold_steps']} "
+           f"steps, warm-started fits of {s['warm_steps']} steps, warm starts with {s['holdout_fraction']} of the sampled "
+           f"k-space held out and HeldOutEarlyStopping (patience {s['patience']}, at most {s['cold_steps']} steps); U-Net "
+           f"channels {s['network_args'].get('channels')}. Volume PSNR / SSIM in fastMRI's convention (the volume's "
+           f"maximum as data range); seconds = fitting time summed over the slices.", ""]
+    for name, volume in result["volumes"].items():
+        out.append(f"**{name}**: {volume['source']}, slices {volume['slices'][0]}..{volume['slices'][-1]}, "
+                   f"{volume['shape'][0]}x{volume['shape'][1]}\n")
+        rows = []
+        for method, runs in volume["methods"].items():
+            if "cold" not in runs:
+                rows.append([method, runs["volume"]["psnr"], runs["volume"]["ssim"], runs["seconds"], "-", "-", "-"])
+                continue
+            for mode, label in VOLUME_MODES:
+                if mode not in runs:
+                    continue
+                run = runs[mode]
+                gap = f"{100 * run['within_0_3_db']:.0f}%" if "within_0_3_db" in run else "-"
+                rows.append([f"{method}: {label}", run["volume"]["psnr"], run["volume"]["ssim"], run["seconds"],
+                             run["slices_per_hour"], f"{min(run['steps'])}-{max(run['steps'])}", gap])
+        out.append(table(["method", "volume PSNR (dB)", "SSIM", "seconds", "slices/hour", "steps per slice",
+                          "stop within 0.3 dB of the best"], rows, digits=3))
+        out.append("")
+    for note in result.get("notes", []):
+        out.append(f"- {note}")
+    return "\n".join(out)
+
+
 def summary(docs: List[Any]) -> List[str]:
     """One line per headline comparison, computed from the files (the claims at a glance)."""
     lines: List[str] = []
@@ -343,6 +378,18 @@ def summary(docs: List[Any]) -> List[str]:
             for task, t in r["tasks"].items():
                 lines.append(f"- ES-WMV {task}: PSNR lost {fmt(t['gap_db'])} dB, steps saved {t['steps_saved']} of "
                              f"{t['max_steps']} {where}")
+        elif suite == "volume":
+            warm_args = r["settings"].get("warm_args") or {}
+            how = f"warm ({r['settings']['warm_steps']} steps{', ' + str(warm_args) if warm_args else ''})"
+            for key, row in r["summary"].items():
+                parts = [f"cold {row['cold_psnr']:.2f} dB in {row['cold_seconds']:.0f} s"]
+                if "warm_psnr" in row:
+                    parts.append(f"{how} {row['warm_psnr_change']:+.2f} dB in x{row['warm_time_ratio']:.2f} of the time")
+                if "warm_stop_psnr" in row:
+                    parts.append(f"warm + held-out stopping {row['warm_stop_psnr_change']:+.2f} dB in "
+                                 f"x{row['warm_stop_time_ratio']:.2f} (stop within 0.3 dB of the best on "
+                                 f"{100 * row['stop_within_0_3_db']:.0f}% of slices)")
+                lines.append(f"- volume {key}: " + "; ".join(parts) + f" {where}")
         elif suite == "transfer-study":
             adv = [(v["label"], v["advantage_db"]) for v in r["variants"]]
             if adv:
@@ -353,10 +400,11 @@ def summary(docs: List[Any]) -> List[str]:
 
 SECTIONS: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "mri-quality": mri_section, "sr-quality": sr_section, "speed": speed_section, "early-stopping": es_section,
-    "transfer-study": transfer_section,
+    "transfer-study": transfer_section, "volume": volume_section,
 }
 TITLES = {"mri-quality": "MRI reconstruction quality", "sr-quality": "4x super-resolution quality",
-          "speed": "Speed", "early-stopping": "Early stopping (ES-WMV)", "transfer-study": "Transfer study"}
+          "speed": "Speed", "early-stopping": "Early stopping (ES-WMV)", "transfer-study": "Transfer study",
+          "volume": "Whole volumes: warm starts and held-out stopping"}
 
 
 def render(results_dir: Path, out_file: Path) -> str:

@@ -370,8 +370,9 @@ def test_volume_suite_tiny(tmp_path, shared_data):
     assert runs["cold"]["steps"] == [6, 6] and runs["warm"]["steps"] == [6, 3]
     assert runs["warm"]["slice_psnr"][0] == runs["cold"]["slice_psnr"][0]  # the warm chain starts with the cold fit
     assert all(2 <= s <= 6 for s in runs["warm_stop"]["steps"]) and len(runs["warm_stop"]["gap_to_best"]) == 2
-    for name in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned"):
+    for name in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_cv", "l1_wavelet_tuned"):
         assert math.isfinite(volume["methods"][name]["volume"]["psnr"])
+    assert all(lamda in (1e-3, 1e-2) for lamda in volume["methods"]["l1_wavelet_cv"]["lamdas"])
     row = document["result"]["summary"]["aseqdip epi"]
     assert row["warm_time_ratio"] == round(runs["warm"]["seconds"] / runs["cold"]["seconds"], 3)
     assert (tmp_path / "volume_epi.png").is_file()

@@ -39,6 +39,7 @@ __all__ = [
     "zero_filled",
     "sense",
     "l1_wavelet",
+    "l1_wavelet_cv",
     "rss_target",
     "coil_combined_target",
 ]
@@ -48,6 +49,8 @@ __all__ = [
 SENSE_LAMDA = 0.01
 SENSE_MAX_ITER = 30
 L1_LAMDA = 0.001
+#: The lambdas ``l1_wavelet_cv`` chooses from (relative to the max-1 zero-filled image, as ``lamda``).
+L1_CV_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 L1_MAX_ITER = 100
 
 
@@ -228,6 +231,52 @@ def l1_wavelet(
         y, s, lamda=lamda, weights=m, wave_name=wave_name, max_iter=max_iter, alpha=step, show_pbar=False
     )
     return _finish(app.run(), scale, device)
+
+
+def l1_wavelet_cv(
+    kspace: ArrayLike,
+    mask: ArrayLike,
+    coil_maps: ArrayLike,
+    lamdas: tuple = L1_CV_GRID,
+    holdout_fraction: float = 0.1,
+    seed: int = 0,
+    max_iter: int = L1_MAX_ITER,
+) -> tuple:
+    """L1-wavelet with lambda chosen without ground truth, by held-out k-space cross-validation.
+
+    A ``holdout_fraction`` of the sampled k-space outside the calibration region (whole lines of a
+    column mask; ``ugodit_pl.methods.holdout``) is set aside; each lambda of ``lamdas`` reconstructs
+    from the rest, and the one whose image predicts the held-out samples best,
+    ||H (F S x - y)||^2 / ||H y||^2, reconstructs from every sample. Returns
+    ``(image (H, W) complex64, chosen lambda, {lambda: held-out error})``.
+
+    >>> import torch
+    >>> from ugodit_pl.complex import fft2c
+    >>> maps = torch.ones(1, 32, 32, dtype=torch.complex64)
+    >>> mask = torch.zeros(32, 32); mask[:, 12:20] = 1; mask[:, ::2] = 1
+    >>> truth = torch.randn(32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    >>> image, lamda, errors = l1_wavelet_cv(fft2c(truth)[None] * mask, mask, maps, holdout_fraction=0.3, max_iter=5)
+    >>> image.shape, lamda in errors
+    (torch.Size([32, 32]), True)
+    """
+    from ugodit_pl.complex import fft2c
+    from ugodit_pl.methods.holdout import holdout_mask
+
+    k = _kspace(kspace)
+    m = _mask(mask, k)
+    s = _maps(coil_maps, k)
+    held = holdout_mask(m.expand(k.shape[-2:]), holdout_fraction, seed, row=0, name="l1_wavelet_cv")
+    kept = m * (1 - held)
+    energy = float((k * held).abs().pow(2).sum())
+    if energy == 0.0:
+        raise ValueError("l1_wavelet_cv: the held-out k-space is zero; nothing to validate lambda on")
+    errors = {}
+    for lamda in lamdas:
+        x = l1_wavelet(k * kept, kept, s, lamda=float(lamda), max_iter=max_iter)
+        predicted = fft2c(s * x.to(k.device))
+        errors[float(lamda)] = float(((predicted - k) * held).abs().pow(2).sum()) / energy
+    best = min(errors, key=errors.get)
+    return l1_wavelet(k, m, s, lamda=best, max_iter=max_iter), best, errors
 
 
 def rss_target(kspace_full: ArrayLike) -> torch.Tensor:

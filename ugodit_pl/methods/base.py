@@ -474,8 +474,8 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
         if memo is None or memo.held_out is None or self.last_index is None:
             return None
         source = self.fit_state.ema if self.output == "ema" else self.fit_state.last
-        return holdout_error(memo.measured_operator, source[memo.rows].to(memo.measured_y.real.dtype), memo.measured_y,
-                             memo.held_out)
+        x = source[memo.rows.to(source.device)].to(memo.measured_y.device, memo.measured_y.real.dtype)
+        return holdout_error(memo.measured_operator, x, memo.measured_y, memo.held_out)
 
     # ----------------------------------------------------------------- warm starts
     def warm_state(self, row: int = 0) -> Dict[str, Any]:

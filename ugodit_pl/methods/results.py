@@ -42,7 +42,8 @@ class FittedResults:
         Read from the state, so after a ``DivergenceRollback`` restore they are the restored ones.
         """
         state = self.fit_state
-        rows = torch.arange(state.num_rows, device=state.ema.device) if rows is None else rows
+        # after a fit on a GPU Lightning moves the module (and its state) back to the CPU: follow the state
+        rows = torch.arange(state.num_rows, device=state.ema.device) if rows is None else rows.to(state.ema.device)
         averaged = name == "ema" or (name == "projected" and self.output == "ema")
         count = (state.ema_count if averaged else state.steps.to(state.ema.device))[rows]
         values = undo_scale(getattr(state, name)[rows], state.scales[rows])
@@ -89,7 +90,7 @@ class FittedResults:
         rows = self._rows_in_units(self._result)
         if self.final_output is not None and self.last_index is not None:
             rows = rows.clone()
-            rows[self.last_index] = self.final_output.to(rows.dtype)
+            rows[self.last_index.to(rows.device)] = self.final_output.to(rows.device, rows.dtype)
         return rows
 
     def _evaluate(self, batch: Mapping[str, Any], stage: str) -> Dict[str, torch.Tensor]:

@@ -14,7 +14,8 @@ For each method (aSeqDIP, UGoDIT, Self-Guided DIP, DIP at the library's defaults
 
 - ``cold``: every slice from scratch for ``cold_steps`` (today's ``ugodit reconstruct``);
 - ``warm``: the first slice as ``cold``, each next one started from its neighbour's fitted networks
-  (``method.warm_start(previous.warm_state())``) for ``warm_steps``;
+  (``method.warm_start(previous.warm_state())``) for ``warm_steps``, with the method arguments
+  ``warm_args`` (e.g. ``{"lr": 3e-4}``);
 - ``warm_stop``: the same chain with ``holdout_fraction`` of the sampled k-space held out and
   ``HeldOutEarlyStopping`` (``patience``, at most ``cold_steps`` per slice); the kept reconstruction
   carries every measured sample (final projection). The fit runs on to its cap so that the best PSNR
@@ -49,20 +50,20 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # seconds, for the tests: two slices of one volume, a few steps
     "tiny": {"volumes": {"epi": [11, 12]}, "crop": (32, 32), "network_args": {"channels": [4, 8, 8, 8]},
              "methods": ["aseqdip"], "cold_steps": 6, "warm_steps": 3, "patience": 2, "check_every": 1,
-             "holdout_fraction": 0.3, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3],
-             "sense_iter": 3, "l1_iter": 3, "baselines": True},
+             "holdout_fraction": 0.3, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3, 1e-2],
+             "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES)},
     # for 2 CPU cores (about 25 minutes): 8 slices of each volume, aSeqDIP and UGoDIT
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
               "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-              "sense_iter": None, "l1_iter": None, "baselines": True},
+              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES)},
     # for a GPU: every slice at the native size, all four methods
     "full": {"volumes": {"epi": list(range(24)), "dwi": list(range(10))}, "crop": None,
              "network_args": {"channels": [32, 64, 128, 128]}, "methods": list(VOLUME_METHODS),
              "cold_steps": 1000, "warm_steps": 300, "patience": 150, "check_every": 10, "holdout_fraction": 0.15,
              "eval_every": 50, "pretrain_steps": 1000, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-             "sense_iter": None, "l1_iter": None, "baselines": True},
+             "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES)},
 }
 
 
@@ -175,6 +176,8 @@ def fit_slice(method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
     from ugodit_pl.callbacks import HeldOutEarlyStopping
 
     extra = {"holdout_fraction": float(settings["holdout_fraction"])} if stop else {}
+    if warm is not None:
+        extra.update(settings["warm_args"])  # e.g. another learning rate for warm-started fits
     method = network_method(method_name, settings, weights, seed, extra)
     if warm is not None:
         method.warm_start(warm)
@@ -253,6 +256,10 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
     settings = {**PRESETS[preset], **dict(overrides or {})}
+    if "warm_stop" in settings["modes"] or "warm" in settings["modes"]:
+        check = [m for m in settings["modes"] if m not in MODES]
+        if check:
+            raise ValueError(f"unknown mode(s) {check}; the volume suite runs {MODES} (cold always)")
     unknown = sorted(set(settings) - set(PRESETS[preset]))
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; the volume suite takes {sorted(PRESETS[preset])}")
@@ -287,16 +294,22 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
             entry: Dict[str, Any] = {"source": source, "slices": list(indices), "shape": shape, "methods": {}}
             if settings["baselines"]:  # off for the parallel parts of a GPU run (one part computes them)
                 classical = [classical_results(b, panel.support_of(b), settings, keep_images=True) for b in batches]
-                for key in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned"):
+                for c, b in zip(classical, batches):
+                    c["l1_wavelet_cv"] = _l1_cross_validated(b, settings, seed)
+                for key in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_cv", "l1_wavelet_tuned"):
                     entry["methods"][key] = {"volume": _classical_volume(classical, key, batches),
                                              "seconds": round(sum(c[key].get("seconds", 0.0) for c in classical), 2)}
+                entry["methods"]["l1_wavelet_cv"]["lamdas"] = [c["l1_wavelet_cv"]["lamda"] for c in classical]
                 log(f"  {name} ({len(indices)} slices {shape[0]}x{shape[1]}): L1-wavelet "
                     f"{entry['methods']['l1_wavelet']['volume']['psnr']:.2f} dB")
             for method_name in methods:
                 cold_summary, cold_fits = run_chain(method_name, "cold", batches, settings, weights, seed, device, log=log)
                 runs = {"cold": cold_summary}
-                runs["warm"], _ = run_chain(method_name, "warm", batches, settings, weights, seed, device, cold_fits, log)
-                runs["warm_stop"], _ = run_chain(method_name, "warm_stop", batches, settings, weights, seed, device, log=log)
+                if "warm" in settings["modes"]:
+                    runs["warm"], _ = run_chain(method_name, "warm", batches, settings, weights, seed, device, cold_fits, log)
+                if "warm_stop" in settings["modes"]:
+                    runs["warm_stop"], _ = run_chain(method_name, "warm_stop", batches, settings, weights, seed, device,
+                                                     log=log)
                 entry["methods"][method_name] = runs
             entry["target_note"] = "RSS of the fully sampled simulated k-space, support-masked magnitudes"
             results["volumes"][name] = entry
@@ -304,6 +317,21 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
     if out_dir is not None:
         plot(results, Path(out_dir))
     return results
+
+
+def _l1_cross_validated(batch: Dict[str, Any], settings: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """L1-wavelet with lambda from held-out k-space (``classical.l1_wavelet_cv``): no ground truth."""
+    from ugodit_pl import classical
+    from ugodit_pl.complex import magnitude
+
+    start = time.perf_counter()
+    args = {} if settings["l1_iter"] is None else {"max_iter": int(settings["l1_iter"])}
+    image, lamda, _ = classical.l1_wavelet_cv(batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0],
+                                              lamdas=tuple(settings["l1_grid"]), seed=seed,
+                                              holdout_fraction=float(settings["holdout_fraction"]), **args)
+    channels = torch.view_as_real(image)[None].permute(0, 3, 1, 2)
+    return {"image": magnitude(channels.float()) * panel.support_of(batch).cpu(), "lamda": lamda,
+            "seconds": time.perf_counter() - start}
 
 
 def _classical_volume(classical: List[Dict[str, Any]], key: str, batches: List[Dict[str, Any]]) -> Dict[str, float]:
@@ -325,14 +353,18 @@ def summarise(results: Dict[str, Any]) -> Dict[str, Any]:
             cold = runs["cold"]
             row = {"cold_psnr": cold["volume"]["psnr"], "cold_seconds": cold["seconds"]}
             for mode in ("warm", "warm_stop"):
+                if mode not in runs:
+                    continue
                 run = runs[mode]
                 row[f"{mode}_psnr"] = run["volume"]["psnr"]
                 row[f"{mode}_seconds"] = run["seconds"]
                 row[f"{mode}_time_ratio"] = round(run["seconds"] / cold["seconds"], 3)
                 row[f"{mode}_psnr_change"] = round(run["volume"]["psnr"] - cold["volume"]["psnr"], 3)
-            row["stop_within_0_3_db"] = runs["warm_stop"]["within_0_3_db"]
-            row["stop_never_below_zero_filled"] = None if zero is None else bool(runs["warm_stop"]["volume"]["psnr"] > zero)
-            row["target_met"] = bool(row["warm_stop_psnr_change"] >= -0.1 and row["warm_stop_time_ratio"] <= 0.5)
+            if "warm_stop" in runs:
+                row["stop_within_0_3_db"] = runs["warm_stop"]["within_0_3_db"]
+                row["stop_never_below_zero_filled"] = (None if zero is None
+                                                       else bool(runs["warm_stop"]["volume"]["psnr"] > zero))
+                row["target_met"] = bool(row["warm_stop_psnr_change"] >= -0.1 and row["warm_stop_time_ratio"] <= 0.5)
             out[f"{method} {name}"] = row
     return out
 
