@@ -107,7 +107,7 @@ def test_held_out_stopping_in_reconstruct(volume, weights, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (("--warm-steps", "2"), "--warm-steps sets the steps of warm-started slices: give --warm-start too"),
+    (("--warm-steps", "2"), "--warm-steps and --warm-input set how slices are warm-started: give --warm-start too"),
     (("--stop", "heldout", "--holdout-fraction", "0.5"), r"holdout_fraction must be 0 \(off\) or in \(0, 0.5\)"),
     (("--stop", "heldout", "--holdout-fraction", "0.01"), "demo_mri_00.h5/slice_000: holdout_fraction=0.01 holds out"),
     (("--num-nodes", "0"), "--num-nodes must be a whole number >= 1"),
@@ -139,3 +139,12 @@ def test_two_nodes_write_the_same_volume_as_one_process(volume, weights, tmp_pat
     outputs = [launch.communicate(timeout=300)[0] for launch in launches]
     assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     np.testing.assert_allclose(volume_of(nodes), volume_of(single), rtol=1e-4, atol=1e-6)
+
+
+def test_warm_input_from_the_neighbour(volume, weights, tmp_path):
+    own, neighbour = tmp_path / "own", tmp_path / "neighbour"
+    assert main(args(volume, weights, own, "--warm-start", "--slices", "0:2")) == 0
+    assert main(args(volume, weights, neighbour, "--warm-start", "--warm-input", "neighbour", "--slices", "0:2")) == 0
+    first, second = volume_of(own), volume_of(neighbour)
+    np.testing.assert_array_equal(first[0], second[0])  # the first slice has no neighbour
+    assert np.isfinite(second).all() and not np.array_equal(first[1], second[1])

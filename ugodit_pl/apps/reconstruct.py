@@ -98,6 +98,7 @@ class Plan:
     overwrite: bool = False
     warm_start: bool = False
     warm_steps: Optional[int] = None  # steps of a warm-started chunk (None: ``steps``)
+    warm_input: str = "measurement"  # or "neighbour": the input starts from the neighbour's image
     stop: str = "none"  # "heldout": HeldOutEarlyStopping on held-out k-space (``holdout_fraction``)
     holdout_fraction: float = 0.0
     patience: int = 200
@@ -214,8 +215,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trainer_args.setdefault("strategy", "ddp")
     if args.warm_steps is not None:
         whole("--warm-steps", args.warm_steps, minimum=1)
-        if not args.warm_start:
-            raise ValueError("--warm-steps sets the steps of warm-started slices: give --warm-start too")
+    if (args.warm_steps is not None or args.warm_input != "measurement") and not args.warm_start:
+        raise ValueError("--warm-steps and --warm-input set how slices are warm-started: give --warm-start too")
     holdout = 0.0
     if args.stop == "heldout":
         if kind != "mri":
@@ -226,6 +227,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         model_args["holdout_fraction"] = holdout
     plan = Plan(kind, items, weights, Path(args.out), int(steps), int(args.chunk_size), model_args, data_args,
                 trainer_args, bool(args.overwrite), warm_start=bool(args.warm_start), warm_steps=args.warm_steps,
+                warm_input=args.warm_input,
                 stop=args.stop, holdout_fraction=holdout, patience=whole("--patience", args.patience, minimum=1))
     check_output(plan.out)
     check_data(plan)
@@ -374,7 +376,7 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
     method = build_method(plan, len(chunk))
     for row, state in enumerate(warm or []):
         if state is not None:
-            method.warm_start(state, rows=[row])
+            method.warm_start(state, rows=[row], input=plan.warm_input)
     steps = plan.steps_for(warm=bool(warm) and all(state is not None for state in warm))
     callbacks: List[Any] = [HeldOutEarlyStopping(patience=plan.patience)] if plan.stop == "heldout" else []
     callbacks.append(writer)
@@ -636,6 +638,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "slice is kept in OUT/.warm so that an interrupted run resumes its chains)")
     parser.add_argument("--warm-steps", type=int, default=None,
                         help="steps of a warm-started slice (default: --steps)")
+    parser.add_argument("--warm-input", default="measurement", choices=("measurement", "neighbour"),
+                        help="where a warm-started slice's input starts: its own A^H y (default), or the neighbour's "
+                             "image with the slice's measured k-space put in")
     parser.add_argument("--stop", default="none", choices=("none", "heldout"),
                         help="heldout: hold out --holdout-fraction of the sampled k-space, stop a slice when its "
                              "error there has not fallen for --patience steps, keep its best reconstruction (with "

@@ -17,6 +17,10 @@ A warm state is a dict of plain containers and tensors (``torch.save``-able, rea
 A warm start from another method, network, width, residual setting or encoder is refused when it
 is applied; one from another image size when the fit is prepared (before any step).
 
+``warm_start(state, input="neighbour")`` also starts the new fit's input from the neighbour's
+reconstruction with the new slice's own measured k-space put in, z_0 = S^H F^H((1 - P) F S x_prev + P y),
+instead of A^H y: the unmeasured frequencies come from the neighbour, the measured ones from the slice.
+
 >>> import torch
 >>> from ugodit_pl.methods import ASeqDIP
 >>> first = ASeqDIP(network_args={"channels": [4, 8, 8, 8]})
@@ -42,6 +46,9 @@ from ugodit_pl.atomic import atomic_torch_save
 from ugodit_pl.methods.transferable import _plain
 
 FORMAT = "ugodit-pl/warm-state"
+#: Where a warm-started fit's input starts: its own A^H y, or the neighbour's image made consistent with
+#: its own measured k-space.
+INPUTS = ("measurement", "neighbour")
 FORMAT_VERSION = 1
 
 
@@ -71,6 +78,8 @@ def warm_state(method: Any, row: int = 0) -> Dict[str, Any]:
                            for key, value in getattr(method, name).module_at(row).state_dict().items()}
                     for name in method.warm_modules},
         "source": method.fit_state.names[row] if row < len(method.fit_state.names) else None,
+        # the neighbour's image, in the measurement's units (the start of the next input, ``input="neighbour"``)
+        "reconstruction": method.all_reconstructions()[row].detach().cpu().clone(),
     }
 
 

@@ -14,8 +14,9 @@ For each method (aSeqDIP, UGoDIT, Self-Guided DIP, DIP at the library's defaults
 
 - ``cold``: every slice from scratch for ``cold_steps`` (today's ``ugodit reconstruct``);
 - ``warm``: the first slice as ``cold``, each next one started from its neighbour's fitted networks
-  (``method.warm_start(previous.warm_state())``) for ``warm_steps``, with the method arguments
-  ``warm_args`` (e.g. ``{"lr": 3e-4}``);
+  (``method.warm_start(previous.warm_state(), input=warm_input)``) for ``warm_steps``, with the method
+  arguments ``warm_args`` (e.g. ``{"lr": 3e-4}``); ``warm_input="neighbour"`` also starts its input from
+  the neighbour's image with the slice's own measured k-space put in;
 - ``warm_stop``: the same chain with ``holdout_fraction`` of the sampled k-space held out and
   ``HeldOutEarlyStopping`` (``patience``, at most ``cold_steps`` per slice); the kept reconstruction
   carries every measured sample (final projection). The fit runs on to its cap so that the best PSNR
@@ -51,19 +52,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": {"volumes": {"epi": [11, 12]}, "crop": (32, 32), "network_args": {"channels": [4, 8, 8, 8]},
              "methods": ["aseqdip"], "cold_steps": 6, "warm_steps": 3, "patience": 2, "check_every": 1,
              "holdout_fraction": 0.3, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3, 1e-2],
-             "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES)},
+             "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "measurement"},
     # for 2 CPU cores (about 25 minutes): 8 slices of each volume, aSeqDIP and UGoDIT
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
               "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES)},
+              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "measurement"},
     # for a GPU: every slice at the native size, all four methods
     "full": {"volumes": {"epi": list(range(24)), "dwi": list(range(10))}, "crop": None,
              "network_args": {"channels": [32, 64, 128, 128]}, "methods": list(VOLUME_METHODS),
              "cold_steps": 1000, "warm_steps": 300, "patience": 150, "check_every": 10, "holdout_fraction": 0.15,
              "eval_every": 50, "pretrain_steps": 1000, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-             "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES)},
+             "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "measurement"},
 }
 
 
@@ -180,7 +181,7 @@ def fit_slice(method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
         extra.update(settings["warm_args"])  # e.g. another learning rate for warm-started fits
     method = network_method(method_name, settings, weights, seed, extra)
     if warm is not None:
-        method.warm_start(warm)
+        method.warm_start(warm, input=settings["warm_input"])
     stopper = HeldOutEarlyStopping(patience=int(settings["patience"]), check_every=int(settings["check_every"])) \
         if stop else None
     watch = _Watch(batch, int(settings["eval_every"]), stopper)

@@ -1,6 +1,10 @@
-"""Held-out k-space self-validation and the final data-consistency projection (tiny MRI problems)."""
+"""The methods' options for whole volumes (tiny MRI problems): held-out k-space self-validation, the final
+data-consistency projection, and warm starts from a neighbour's fit."""
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -170,3 +174,40 @@ def test_held_out_stopping_state_round_trip():
 def test_held_out_stopping_needs_a_method_that_holds_out():
     with pytest.raises(ValueError, match="give ASeqDIP holdout_fraction"):
         fit(aseqdip(), mri_batch(num=1, size=32), 12, callbacks=[HeldOutEarlyStopping(check_every=10)])
+
+
+def test_a_warm_start_carries_the_networks_and_can_start_from_the_neighbours_image():
+    from ugodit_pl.methods.warm import load_warm_state, save_warm_state
+
+    first = fit(aseqdip(), mri_batch(num=1, size=32, seed=1), 5)
+    state = first.warm_state()
+    second = aseqdip(seed=9).warm_start(state)
+    for a, b in zip(first.nets.parameters(), second.nets.parameters()):
+        assert torch.equal(a, b)
+    batch = mri_batch(num=1, size=32, seed=2)
+    neighbour = fit(aseqdip(seed=9).warm_start(state, input="neighbour"), batch, 1)
+    own = fit(aseqdip(seed=9).warm_start(state), batch, 1)
+    scale = neighbour.fit_state.scales[0]
+    expected = batch["operator"].data_consistent(state["reconstruction"][None].float() / scale.float(),
+                                                 batch["y"] / scale.float())
+    assert torch.allclose(neighbour.fit_state.inputs[:1].float(), expected, atol=1e-4 * float(expected.abs().max()))
+    assert not torch.allclose(own.fit_state.inputs, neighbour.fit_state.inputs)
+    loaded = load_warm_state(save_warm_state(state, Path(tempfile.mkdtemp()) / "w.pt"))
+    assert all(torch.equal(loaded["modules"]["nets"][k], v) for k, v in state["modules"]["nets"].items())
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: ASeqDIP(network_args={"channels": [8, 8, 8, 8]}), "same network and width"),
+    (lambda: SelfGuidedDIP(network_args=TINY_UNET), "warm start from a ASeqDIP fit, but this is a SelfGuidedDIP"),
+    (lambda: ASeqDIP(network_args=TINY_UNET, residual=False), "residual=True, but this ASeqDIP has residual=False"),
+])
+def test_a_warm_start_from_another_network_is_refused(make, match):
+    state = fit(aseqdip(), mri_batch(num=1, size=32, seed=1), 2).warm_state()
+    with pytest.raises(ValueError, match=match):
+        make().warm_start(state)
+
+
+def test_a_warm_start_from_another_image_size_is_refused_before_fitting():
+    state = fit(aseqdip(), mri_batch(num=1, size=32, seed=1), 2).warm_state()
+    with pytest.raises(ValueError, match="a warm start from a fit of 32 x 32 images, but these are 48 x 48"):
+        fit(aseqdip().warm_start(state), mri_batch(num=1, size=48, seed=1), 2)
