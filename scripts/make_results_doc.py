@@ -380,7 +380,9 @@ def summary(docs: List[Any]) -> List[str]:
                              f"{t['max_steps']} {where}")
         elif suite == "volume":
             warm_args = r["settings"].get("warm_args") or {}
-            how = f"warm ({r['settings']['warm_steps']} steps{', ' + str(warm_args) if warm_args else ''})"
+            extra = ([str(warm_args)] if warm_args else []) + (
+                ["input from the neighbour's image"] if r["settings"].get("warm_input") == "neighbour" else [])
+            how = f"warm ({', '.join([str(r['settings']['warm_steps']) + ' steps'] + extra)})"
             for key, row in r["summary"].items():
                 parts = [f"cold {row['cold_psnr']:.2f} dB in {row['cold_seconds']:.0f} s"]
                 if "warm_psnr" in row:

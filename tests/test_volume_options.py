@@ -211,3 +211,11 @@ def test_a_warm_start_from_another_image_size_is_refused_before_fitting():
     state = fit(aseqdip(), mri_batch(num=1, size=32, seed=1), 2).warm_state()
     with pytest.raises(ValueError, match="a warm start from a fit of 32 x 32 images, but these are 48 x 48"):
         fit(aseqdip().warm_start(state), mri_batch(num=1, size=48, seed=1), 2)
+
+
+def test_a_checkpoint_from_before_the_final_projection_still_loads():
+    method = fit(aseqdip(), mri_batch(num=1, size=32, seed=1), 2)
+    state = {k: v for k, v in method.state_dict().items() if k != "fit_state.projected"}
+    fresh = aseqdip()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.fit_state.ema, method.fit_state.ema) and fresh.fit_state.projected.shape == method.fit_state.ema.shape

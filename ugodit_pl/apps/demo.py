@@ -298,18 +298,18 @@ def build_fit(name: str, settings: DemoSettings, weights: Dict[str, Path]):
 def run_fit(name: str, method, batch: Dict[str, Any], steps: int, settings: DemoSettings, scorer: Scorer,
             progress=None, device: str = "cpu") -> FitResult:
     """Fit ``method`` to ``batch`` for ``steps`` steps; PSNR of its output every ``eval_every`` steps."""
-    from ugodit_pl.apps.benchmarks.common import CurveTracker, fit_method
+    from ugodit_pl.apps.benchmarks.common import CurveTracker, fit_method, reported_curve
 
     tracker = CurveTracker({"target": scorer.target}, scorer.metric_fn, settings.eval_every, steps)
     callbacks = [tracker.callback()]
     if progress is not None:
         def latest() -> Dict[str, str]:
-            curve = tracker.curves["target"]["ema"]
+            curve = reported_curve(tracker.curves["target"])
             return {"psnr": f"{curve['psnr'][-1]:5.2f} dB"} if curve.get("psnr") else {}
 
         callbacks.append(step_progress(progress, progress.add_task(name, total=steps, psnr=""), latest))
     seconds = fit_method(method, batch, steps, callbacks=callbacks, device=device)
-    curve = tracker.curves["target"]["ema" if tracker.curves["target"]["ema"].get("psnr") else "last"]
+    curve = reported_curve(tracker.curves["target"])
     points = list(zip(curve["steps"], curve["seconds"], curve.get("psnr", [])))
     return _result(name, steps, seconds, method.reconstruction, scorer, points)
 

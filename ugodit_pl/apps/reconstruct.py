@@ -50,7 +50,6 @@ from ugodit_pl.apps.io import write_json
 from ugodit_pl.arguments import whole
 from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
 from ugodit_pl.methods.defaults import SEQUENTIAL_DEFAULTS
-from ugodit_pl.methods.holdout import check_holdout_fraction
 
 SUMMARY = "reconstruct_summary.json"
 DEFAULT_STEPS = {"mri": 2000, "image": 20000}
@@ -177,6 +176,7 @@ def read_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Resolve items, weights, config and flags into a :class:`Plan` (all errors before any fitting)."""
+    from ugodit_pl.methods.holdout import check_holdout_fraction
     from ugodit_pl.methods.transferable import load_transferable_weights
 
     weights = Path(args.weights).expanduser()

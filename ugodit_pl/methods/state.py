@@ -146,6 +146,10 @@ class FitState(nn.Module):
         self.names = list(state.get("names", [None] * self.num_rows))
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A checkpoint from before ``projected`` existed: an empty reconstruction of the EMA's size.
+        ema = state_dict.get(prefix + "ema")
+        if prefix + "projected" not in state_dict and isinstance(ema, torch.Tensor):
+            state_dict[prefix + "projected"] = torch.zeros_like(ema)
         # Resize to the saved rows first, so that a fresh (unallocated) state loads any checkpoint.
         for name in ROW_TENSORS:
             saved = state_dict.get(prefix + name)

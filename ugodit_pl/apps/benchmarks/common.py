@@ -74,7 +74,7 @@ class CurveTracker:
         self.every = int(every)
         self.max_steps = int(max_steps)
         self.curves: Dict[str, Dict[str, Dict[str, List[float]]]] = {
-            name: {"ema": {"steps": []}, "last": {"steps": []}} for name in self.targets
+            name: {"ema": {"steps": []}, "last": {"steps": []}, "reconstruction": {"steps": []}} for name in self.targets
         }
         self.eval_seconds = 0.0
         self.started: Optional[float] = None  # set when the fit starts
@@ -109,7 +109,10 @@ class CurveTracker:
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
                 step = int(trainer.global_step)
                 if step % tracker.every == 0 or step == tracker.max_steps or step == 1:
-                    tracker.record(step, {"ema": pl_module.ema_output, "last": pl_module.current_output})
+                    # the reconstruction when it differs from the EMA (MRI: with its measured k-space put back)
+                    projected = pl_module.reconstruction if getattr(pl_module, "final_projection", False) else None
+                    tracker.record(step, {"ema": pl_module.ema_output, "last": pl_module.current_output,
+                                          "reconstruction": projected})
 
         return _Callback()
 
@@ -162,6 +165,19 @@ def fit_method(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - start
+
+
+def reported_curve(curves: Mapping[str, Dict[str, List[float]]]) -> Dict[str, List[float]]:
+    """The curve of what a method reports: its reconstruction where it differs from the EMA (MRI: the
+    final projection), else the EMA, else the last output (a method without one).
+
+    >>> reported_curve({"ema": {"steps": [1], "psnr": [20.0]}, "last": {"steps": [1]}, "reconstruction": {"steps": []}})
+    {'steps': [1], 'psnr': [20.0]}
+    """
+    for kind in ("reconstruction", "ema", "last"):
+        if curves.get(kind, {}).get("psnr"):
+            return curves[kind]
+    return curves["last"]
 
 
 def steps_to_reach(curve: Mapping[str, Sequence[float]], level: Optional[float], metric: str = "psnr") -> Optional[int]:

@@ -56,7 +56,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ugodit_pl.apps.benchmarks import panel
-from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves
+from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, reported_curve
 from ugodit_pl.complex import magnitude as complex_magnitude
 
 __all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "pretraining_group", "problem_metrics", "variant_of"]
@@ -224,7 +224,7 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
     if stopper is not None:
         callbacks.append(stopper)
     seconds = fit_method(method, batch, steps, callbacks=callbacks, device=device, precision=precision)
-    ema = tracker.curves["rss"]["ema"]
+    ema = reported_curve(tracker.curves["rss"])  # the EMA, with the measured k-space put back by default
     entry = {
         "kind": "network", "steps": steps, "seconds": seconds, "seconds_metrics": tracker.eval_seconds,
         "metrics": problem_metrics(method.ema_output if name == "dip" else method.reconstruction, batch["target"], support),
