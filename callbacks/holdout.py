@@ -5,10 +5,10 @@ and reports its reconstruction's error on it (``pl_module.holdout_error()``). Th
 the network fits the image and rises once it fits the noise of the samples it sees; no ground
 truth is needed. Every ``check_every`` steps the callback reads the error of each measurement and
 keeps the reconstruction at its minimum (``pl_module.reconstruction``: with the method's
-``final_projection``, which is on by default when samples are held out, it carries every measured
-sample, the held-out ones included). Training stops when every measurement has gone ``patience``
-steps without a new minimum (a new minimum must beat the old one by ``min_delta``, relative); the
-kept reconstructions then become ``pl_module.final_output``.
+``final_projection``, which is on by default for MRI and when samples are held out, it carries
+every measured sample, the held-out ones included). Training stops when every measurement has gone
+``patience`` steps without a new minimum (a new minimum must beat the old one by ``min_delta``,
+relative); the kept reconstructions then become ``pl_module.final_output``.
 
 Usage::
 

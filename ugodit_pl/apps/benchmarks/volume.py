@@ -125,6 +125,7 @@ class _Watch:
         self.kept_state: Optional[Dict[str, Any]] = None
         self.start = 0.0
         self.spent = 0.0  # seconds of our own evaluations, left out of the fit's time
+        self.stop_seconds = 0.0  # the fit's seconds up to the stopping rule's decision
 
     def callback(self):
         import pytorch_lightning as pl
@@ -220,9 +221,9 @@ def volume_scores(images: List[torch.Tensor], targets: List[torch.Tensor]) -> Di
 
 def run_chain(method_name: str, mode: str, batches: List[Dict[str, Any]], settings: Dict[str, Any],
               weights: Optional[Path], seed: int, device: str, cold: Optional[List[Dict[str, Any]]] = None,
-              log: Any = print) -> Dict[str, Any]:
-    """The slices of a volume in order, for one method and mode; ``cold`` (the cold run) gives the warm
-    chain its first slice."""
+              log: Any = print) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """The slices of a volume in order, for one method and mode: (the volume's summary, each slice's fit);
+    ``cold`` (the cold run's fits) gives the warm chain its first slice."""
     fits: List[Dict[str, Any]] = []
     state = None
     for k, batch in enumerate(batches):
