@@ -48,7 +48,8 @@ class HeldOutEarlyStopping(pl.Callback):
     ``pl_module.final_output`` holds the kept reconstructions of the last batch's rows.
     """
 
-    def __init__(self, patience: int = 200, check_every: int = 10, min_delta: float = 1e-3, verbose: bool = False) -> None:
+    def __init__(self, patience: int = 200, check_every: int = 10, min_delta: float = 1e-3,
+                 verbose: bool = False) -> None:
         super().__init__()
         self.patience = whole("HeldOutEarlyStopping: patience", patience, minimum=1)
         self.check_every = whole("HeldOutEarlyStopping: check_every", check_every, minimum=1)
