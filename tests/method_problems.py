@@ -27,6 +27,16 @@ TINY_SKIP = {
 }
 
 
+def tiny_transferable_weights(path, **metadata: Any):
+    """A transferable-weights file of the tiny U-Net's encoder (as initialised) for MRI, at ``path``."""
+    from ugodit_pl.methods import save_transferable_weights
+    from ugodit_pl.nets import build_network
+
+    save_transferable_weights(path, build_network("unet", **TINY_UNET).encoder, network="unet", network_args=TINY_UNET,
+                              metadata={"operator": "MultiCoilMRI", **metadata})
+    return path
+
+
 def smooth_images(num: int, size: int, seed: int) -> torch.Tensor:
     """(num, size, size) complex images: low-pass random fields with a smooth phase."""
     generator = torch.Generator().manual_seed(seed)

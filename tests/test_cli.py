@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from method_problems import tiny_transferable_weights
 from ugodit_pl.apps import cli
 from ugodit_pl.apps.cli import main, one_line
 
@@ -163,15 +164,8 @@ def mri_folder(tmp_path):
 
 @pytest.fixture
 def tiny_weights(tmp_path):
-    from ugodit_pl.methods import save_transferable_weights
-    from ugodit_pl.nets import build_network
-
-    path = tmp_path / "weights.pt"
-    save_transferable_weights(path, build_network("unet", **TINY_UNET).encoder, network="unet",
-                              network_args=TINY_UNET, metadata={"operator": "MultiCoilMRI", "loss_norm": "l2",
-                                                                "input_update": "data_consistent", "lam": 2.0,
-                                                                "update_every": 1})
-    return path
+    return tiny_transferable_weights(tmp_path / "weights.pt", loss_norm="l2", input_update="data_consistent", lam=2.0,
+                                     update_every=1)
 
 
 def reconstruct_args(data, weights, out, *extra):

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from method_problems import TINY_UNET
+from method_problems import tiny_transferable_weights
 from ugodit_pl.apps.cli import main
 
 
@@ -29,13 +29,7 @@ def volume(tmp_path):
 
 @pytest.fixture
 def weights(tmp_path):
-    from ugodit_pl.methods import save_transferable_weights
-    from ugodit_pl.nets import build_network
-
-    path = tmp_path / "weights.pt"
-    save_transferable_weights(path, build_network("unet", **TINY_UNET).encoder, network="unet", network_args=TINY_UNET,
-                              metadata={"operator": "MultiCoilMRI"})
-    return path
+    return tiny_transferable_weights(tmp_path / "weights.pt")
 
 
 def args(data, weights, out, *extra):
