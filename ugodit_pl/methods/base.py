@@ -33,7 +33,6 @@ Usage (any subclass)::
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -56,15 +55,14 @@ from ugodit_pl.methods.results import FittedResults, ema_past_weight
 from ugodit_pl.methods.scaling import apply_scale, in_precision, measurement_scale
 from ugodit_pl.methods.state import FitState
 from ugodit_pl.methods.trainer_access import attached_trainer, logs_metrics_at, training_batch, world_size
-from ugodit_pl.methods.warm import INPUTS as WARM_INPUTS
-from ugodit_pl.methods.warm import apply_warm_state, load_warm_state, warm_state
+from ugodit_pl.methods.warm import WarmStarts
 from ugodit_pl.operators.base import Operator
 
 OUTPUTS = ("ema", "last")
 EMA_VARIANTS = ("corrected", "authors")
 
 
-class ReconstructionMethod(FittedResults, pl.LightningModule):
+class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
     """Base class of the methods: the fitting loop around a method's objective.
 
     A subclass implements:
@@ -80,7 +78,8 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
     and may override ``schedule_period`` (steps between input updates), ``parameter_groups`` (more
     trainable tensors, e.g. Self-Guided DIP's z, with ``optimises_inputs = True``) and ``prepare``
     (checks of its own before the state is sized; call ``super().prepare(batch)``).
-    Everything else, the state, scales, EMA, logging, DDP and the results (``FittedResults``), is here.
+    Everything else, the state, scales, EMA, logging, DDP, the results (``FittedResults``) and warm starts
+    (``WarmStarts``), is here.
 
     Args:
         num_measurements: N, the size of the set fitted together (the data module's
@@ -487,61 +486,11 @@ class ReconstructionMethod(FittedResults, pl.LightningModule):
         x = source[memo.rows.to(source.device)].to(memo.measured_y.device, memo.measured_y.real.dtype)
         return holdout_error(memo.measured_operator, x, memo.measured_y, memo.held_out)
 
-    def _warm_input(self, z: torch.Tensor, operator: Operator, y: torch.Tensor, scale: torch.Tensor,
-                    rows: List[int]) -> torch.Tensor:
-        """z with the rows that ``warm_start(input="neighbour")`` named started from their neighbour's image."""
-        positions = [k for k, row in enumerate(rows) if row in self._warm_inputs]
-        if not positions:
-            return z
-        if not hasattr(operator, "data_consistent"):
-            raise ValueError(f"warm_start(input='neighbour') puts the measured samples into the neighbour's image: it "
-                             f"needs an operator with data_consistent (MRI, inpainting); {type(operator).__name__} has none")
-        z = z.clone()
-        for k in positions:
-            image = self._warm_inputs[rows[k]].to(z.device, z.dtype)[None]
-            if tuple(image.shape) != tuple(z[k:k + 1].shape):
-                raise ValueError(f"row {rows[k]}: the neighbour's image is {tuple(image.shape[1:])}, this fit's input "
-                                 f"{tuple(z.shape[1:])}: warm-start from a neighbour of the same size")
-            image = image / scale[k].to(z.device, z.dtype) if self._should_normalize(y) else image
-            z[k:k + 1] = operator.select([k]).data_consistent(image, y[k:k + 1]).to(z.dtype)
-        return z
-
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint["ugodit_final_projection"] = self.final_projection  # as resolved for these measurements
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         self.final_projection = bool(checkpoint.get("ugodit_final_projection", self.final_projection))
-
-    # ----------------------------------------------------------------- warm starts
-    def warm_state(self, row: int = 0) -> Dict[str, Any]:
-        """The networks this fit ended with for measurement ``row``, for a neighbour's fit to start from
-        (``warm_start``; ``ugodit_pl.methods.warm``)."""
-        return warm_state(self, row)
-
-    def warm_start(self, state: Union[Dict[str, Any], str, "os.PathLike[str]"],
-                   rows: Optional[List[int]] = None, input: str = "measurement") -> "ReconstructionMethod":
-        """Start the measurements ``rows`` of this fit (default: all) from a neighbour's ``warm_state()`` (or
-        a file saved with ``ugodit_pl.methods.warm.save_warm_state``), before ``trainer.fit``; returns the
-        method. Under DDP every process must make the same warm starts (all rows' networks are shared).
-        ``input``: the rows' inputs start from their own measurement (``"measurement"``, A^H y) or from the
-        neighbour's reconstruction with their measured k-space put in (``"neighbour"``; MRI and inpainting).
-
-        Example::
-
-            previous = ASeqDIP(); pl.Trainer(max_steps=1000).fit(previous, slice_11)
-            nxt = ASeqDIP().warm_start(previous.warm_state()); pl.Trainer(max_steps=300).fit(nxt, slice_12)
-        """
-        check_choice("input", input, WARM_INPUTS)
-        if input == "neighbour" and self.input_init == "noise":
-            raise ValueError(f"{type(self).__name__} starts from noise (input_init='noise'): a warm start cannot give "
-                             f"it the neighbour's image as input; use input='measurement'")
-        if not isinstance(state, dict):
-            state = load_warm_state(state)
-        self._warm_image_shape = apply_warm_state(self, state, rows)
-        if input == "neighbour":
-            for row in range(self.num_measurements) if rows is None else rows:
-                self._warm_inputs[int(row)] = state["reconstruction"]
-        return self
 
     # ----------------------------------------------------------------- optimiser
     def parameter_groups(self) -> List[Dict[str, Any]]:

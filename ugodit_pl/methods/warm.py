@@ -37,13 +37,16 @@ ValueError: warm start from a ASeqDIP fit of a unet with {'channels': [4, 8, 8, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+from ugodit_pl.arguments import check_choice
 from ugodit_pl.atomic import atomic_torch_save
 from ugodit_pl.methods.transferable import _plain
+from ugodit_pl.operators.base import Operator
 
 FORMAT = "ugodit-pl/warm-state"
 #: Where a warm-started fit's input starts: its own A^H y, or the neighbour's image made consistent with
@@ -130,3 +133,58 @@ def load_warm_state(path: Union[str, Path]) -> Dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not a ugodit-pl warm-start file (no {FORMAT!r} marker)")
     return state
+
+
+class WarmStarts:
+    """The warm-start API of ``ReconstructionMethod`` (a mixin: it reads ``warm_modules``, ``input_init``,
+    ``num_measurements`` and ``fit_state`` and keeps ``_warm_image_shape`` and ``_warm_inputs``, which the
+    method initialises; ``prepare`` calls ``_warm_input`` and checks the image size)."""
+
+    def warm_state(self, row: int = 0) -> Dict[str, Any]:
+        """The networks this fit ended with for measurement ``row``, for a neighbour's fit to start from
+        (``warm_start``; ``ugodit_pl.methods.warm``)."""
+        return warm_state(self, row)
+
+    def warm_start(self, state: Union[Dict[str, Any], str, "os.PathLike[str]"],
+                   rows: Optional[List[int]] = None, input: str = "measurement") -> Any:
+        """Start the measurements ``rows`` of this fit (default: all) from a neighbour's ``warm_state()`` (or
+        a file saved with ``ugodit_pl.methods.warm.save_warm_state``), before ``trainer.fit``; returns the
+        method. Under DDP every process must make the same warm starts (all rows' networks are shared).
+        ``input``: the rows' inputs start from their own measurement (``"measurement"``, A^H y) or from the
+        neighbour's reconstruction with their measured k-space put in (``"neighbour"``; MRI and inpainting).
+
+        Example::
+
+            previous = ASeqDIP(); pl.Trainer(max_steps=1000).fit(previous, slice_11)
+            nxt = ASeqDIP().warm_start(previous.warm_state()); pl.Trainer(max_steps=300).fit(nxt, slice_12)
+        """
+        check_choice("input", input, INPUTS)
+        if input == "neighbour" and self.input_init == "noise":
+            raise ValueError(f"{type(self).__name__} starts from noise (input_init='noise'): a warm start cannot give "
+                             f"it the neighbour's image as input; use input='measurement'")
+        if not isinstance(state, dict):
+            state = load_warm_state(state)
+        self._warm_image_shape = apply_warm_state(self, state, rows)
+        if input == "neighbour":
+            for row in range(self.num_measurements) if rows is None else rows:
+                self._warm_inputs[int(row)] = state["reconstruction"]
+        return self
+
+    def _warm_input(self, z: torch.Tensor, operator: Operator, y: torch.Tensor, scale: torch.Tensor,
+                    rows: List[int]) -> torch.Tensor:
+        """z with the rows that ``warm_start(input="neighbour")`` named started from their neighbour's image."""
+        positions = [k for k, row in enumerate(rows) if row in self._warm_inputs]
+        if not positions:
+            return z
+        if not hasattr(operator, "data_consistent"):
+            raise ValueError(f"warm_start(input='neighbour') puts the measured samples into the neighbour's image: it "
+                             f"needs an operator with data_consistent (MRI, inpainting); {type(operator).__name__} has none")
+        z = z.clone()
+        for k in positions:
+            image = self._warm_inputs[rows[k]].to(z.device, z.dtype)[None]
+            if tuple(image.shape) != tuple(z[k:k + 1].shape):
+                raise ValueError(f"row {rows[k]}: the neighbour's image is {tuple(image.shape[1:])}, this fit's input "
+                                 f"{tuple(z.shape[1:])}: warm-start from a neighbour of the same size")
+            image = image / scale[k].to(z.device, z.dtype) if self._should_normalize(y) else image
+            z[k:k + 1] = operator.select([k]).data_consistent(image, y[k:k + 1]).to(z.dtype)
+        return z
