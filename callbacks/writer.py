@@ -55,7 +55,9 @@ Usage::
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -135,6 +137,15 @@ class NonFiniteReconstruction(ValueError):
         )
 
 
+def write_probe(folder: Path) -> None:
+    """Create and remove a file in ``folder`` (an OSError if it cannot be written). The probe is this
+    process's own (several DDP processes check one folder at once) and not named like the temporaries
+    that ``ReconstructionWriter.remove_stale_temporaries`` clears."""
+    handle, probe = tempfile.mkstemp(prefix=".write_check.", suffix=".probe", dir=folder)
+    os.close(handle)
+    os.unlink(probe)
+
+
 class ReconstructionWriter(pl.Callback):
     """Write the reconstructions of a fit: HDF5 volumes for MRI, PNGs for images; resumable.
 
@@ -207,9 +218,7 @@ class ReconstructionWriter(pl.Callback):
             raise ValueError(f"{where} exists and is not a folder")
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.output_dir / ".write_check") as probe:
-                probe.write_bytes(b"")
-            (self.output_dir / ".write_check").unlink()
+            write_probe(self.output_dir)
         except OSError as error:
             raise ValueError(f"{where}: cannot write there ({error.strerror or error})") from None
 

@@ -223,9 +223,20 @@ def test_an_unwritable_output_folder_is_named(tmp_path, monkeypatch):
     def refuse(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(writer_module, "atomic_path", refuse)  # what an unwritable folder does (root can write anywhere)
+    monkeypatch.setattr(writer_module, "write_probe", refuse)  # what an unwritable folder does (root can write anywhere)
     with pytest.raises(ValueError, match=f"output_dir {tmp_path}: cannot write there \\(Permission denied\\)"):
         ReconstructionWriter(tmp_path).check_output_dir()
+
+
+def test_two_processes_checking_one_folder_do_not_trip_over_each_other(tmp_path):
+    """Under DDP every process checks --out while the main one clears stale temporaries: the probes are
+    per process and never look like temporaries (this was a flaky 2-process reconstruct)."""
+    first, second = ReconstructionWriter(tmp_path), ReconstructionWriter(tmp_path)
+    for _ in range(20):
+        first.check_output_dir()
+        assert first.remove_stale_temporaries() == []
+        second.check_output_dir()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path):
