@@ -335,3 +335,32 @@ def test_an_interrupted_reconstruction_resumes_and_loses_nothing(mri_folder, tin
         assert list(handle.attrs["slices"]) == [0, 1]
     summary = json.loads((out / "reconstruct_summary.json").read_text())
     assert [row["status"] for row in summary["items"]] == ["already written"] * 2 + ["reconstructed"] * 2
+
+
+def test_a_signal_that_lands_inside_a_finaliser_still_stops_the_command(monkeypatch, capsys):
+    """SIGTERM handled inside a ``__del__`` (where Python can only print an exception) is delivered again."""
+    import signal
+    import sys
+    import time
+
+    from ugodit_pl.apps import cli
+
+    class SignalledWhileFinalised:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside the finaliser, and its Stopped is swallowed
+                pass
+
+    def command(argv):
+        SignalledWhileFinalised()
+        for _ in range(500):  # the redelivered signal stops the command long before this ends
+            time.sleep(0.01)
+        return 0
+
+    monkeypatch.setitem(cli.RUNNERS, "demo", command)
+    hook, term = sys.unraisablehook, signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    assert main(["demo"]) == 143
+    assert time.monotonic() - started < 4.0
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is term

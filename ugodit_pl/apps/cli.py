@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import _thread
 import os
 import re
 import signal
@@ -360,11 +361,45 @@ def _stop(signum: int, frame: Any) -> None:
     raise Stopped(signum)
 
 
+def _redeliver_swallowed_stop(unraisable: Any) -> None:
+    """``sys.unraisablehook`` while a command runs: a :class:`Stopped` raised inside a finaliser is sent again.
+
+    Python runs a signal handler between any two bytecodes, also inside a weakref callback or a
+    ``__del__``, where an exception cannot propagate and is only printed ("Exception ignored in ...").
+    The signal would then be lost and the command would run to its end; marking it pending again a
+    moment later lets the handler run outside the finaliser (and, if it lands in one again, once more).
+    """
+    if isinstance(unraisable.exc_value, Stopped):
+        # From another thread, a moment later: a pending signal marked here would run its handler inside
+        # this hook, which is itself a place where exceptions are swallowed.
+        again = threading.Timer(0.01, _thread.interrupt_main, (unraisable.exc_value.signum,))
+        again.daemon = True
+        again.start()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
 def _install_signal_handlers() -> Dict[int, Any]:
-    """Route SIGINT and SIGTERM to :class:`Stopped` (main thread only); returns the previous handlers."""
+    """Route SIGINT and SIGTERM to :class:`Stopped` (main thread only); returns what to restore.
+
+    The returned mapping holds the previous handler of each signal, and the previous
+    ``sys.unraisablehook`` under the key ``"unraisablehook"``.
+    """
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous: Dict[Any, Any] = {"unraisablehook": sys.unraisablehook}
+    sys.unraisablehook = _redeliver_swallowed_stop
+    previous.update({signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)})
+    return previous
+
+
+def _restore_signal_handlers(previous: Dict[Any, Any]) -> None:
+    """Undo :func:`_install_signal_handlers`."""
+    for key, value in previous.items():
+        if key == "unraisablehook":
+            sys.unraisablehook = value
+        else:
+            signal.signal(key, value)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -405,8 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         return _report(command, error)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore_signal_handlers(previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
