@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -160,10 +160,14 @@ def write_simulated_mri(
     noise_std: float = 0.011,
     source: str = "",
     acquisition: str = "SIMULATED",
+    phase_reference: Optional[np.ndarray] = None,
 ) -> Path:
     """Write (S, H, W) magnitude images (each scaled to maximum 1) as a simulated multi-coil fastMRI file.
 
-    ``seed`` (an int or a sequence of ints) seeds the phase and the noise of every slice.
+    ``seed`` (an int or a sequence of ints) seeds the phase and the noise of every slice. The phase is
+    one smooth random quadratic, unless ``phase_reference`` (a complex image of a real scan) is given:
+    then it is :func:`realistic_phase`, that scan's low-resolution phase plus fine random texture. One
+    smooth phase flatters image priors; real phase varies across the object.
 
     >>> import tempfile
     >>> path = write_simulated_mri(Path(tempfile.mkdtemp()) / "a.h5", np.ones((2, 16, 12)), num_coils=4)
@@ -183,7 +187,9 @@ def write_simulated_mri(
     for s, magnitude in enumerate(magnitudes):
         rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), s])
         peak = float(magnitude.max()) or 1.0
-        phase = np.exp(1j * _smooth_phase((height, width), rng))
+        angle = (_smooth_phase((height, width), rng) if phase_reference is None
+                 else realistic_phase(phase_reference, (height, width), rng))
+        phase = np.exp(1j * angle)
         image = torch.from_numpy((magnitude / peak * phase).astype(np.complex64))
         coil_kspace = fft2c(maps * image).numpy()
         noise = rng.standard_normal((2,) + coil_kspace.shape).astype(np.float32) * (noise_std / np.sqrt(2))
@@ -194,7 +200,9 @@ def write_simulated_mri(
         "norm": float(np.linalg.norm(rss)),
         "acquisition": acquisition,
         "patient_id": f"simulated_seed{np.atleast_1d(seed).tolist()}",
-        "source": f"{source}; sigpy birdcage coil maps, smooth random phase, complex noise std {noise_std}",
+        "source": f"{source}; sigpy birdcage coil maps, "
+                  f"{'smooth random phase' if phase_reference is None else 'realistic phase (a real scan, low-pass, plus texture)'}"
+                  f", complex noise std {noise_std}",
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +306,49 @@ def _support(size: tuple[int, int]) -> np.ndarray:
     yy, xx = np.meshgrid(np.linspace(-1, 1, size[0]), np.linspace(-1, 1, size[1]), indexing="ij")
     radius = np.sqrt((yy / 0.9) ** 2 + (xx / 0.9) ** 2)
     return (0.5 * (1.0 - np.tanh((radius - 1.0) / 0.03))).astype(np.float32)
+
+
+#: The k-space block of the real scan kept for its low-resolution phase, and the fine texture added.
+REFERENCE_PHASE_BLOCK = 16
+TEXTURE_STD, TEXTURE_WIDTH = 0.3, 1.5
+
+
+def realistic_phase(reference: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A phase map (H, W) in radians: a real scan's low-resolution phase plus fine random texture.
+
+    The low-resolution phase is the angle of the central ``REFERENCE_PHASE_BLOCK`` x
+    ``REFERENCE_PHASE_BLOCK`` k-space block of ``reference`` (complex (H0, W0), magnitude-weighted,
+    so that the background does not count), zero-padded to ``size``; ``rng`` flips it at random and
+    adds a random offset and a Gaussian random field of ``TEXTURE_STD`` radians correlated over
+    ``TEXTURE_WIDTH`` pixels (the fine phase of vessels and tissue boundaries).
+
+    >>> yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 30), indexing="ij")
+    >>> reference = np.exp(1j * 2 * (xx + yy ** 2))
+    >>> phase = realistic_phase(reference, (24, 20), np.random.default_rng(0))
+    >>> phase.shape, bool(np.isfinite(phase).all())
+    ((24, 20), True)
+    """
+    reference = np.asarray(reference)
+    if reference.ndim != 2 or not np.iscomplexobj(reference) or not np.isfinite(reference).all():
+        raise ValueError(f"phase_reference must be a finite complex (H, W) image, got {reference.dtype} "
+                         f"{reference.shape}")
+    height, width = size
+    spectrum = np.fft.fftshift(np.fft.fft2(reference))
+    block = min(REFERENCE_PHASE_BLOCK, height, width, *reference.shape)
+    top, left = (reference.shape[0] - block) // 2, (reference.shape[1] - block) // 2
+    padded = np.zeros((height, width), dtype=np.complex128)
+    row, col = (height - block) // 2, (width - block) // 2
+    padded[row:row + block, col:col + block] = spectrum[top:top + block, left:left + block]
+    low = np.angle(np.fft.ifft2(np.fft.ifftshift(padded)))
+    if rng.random() < 0.5:
+        low = low[::-1]
+    if rng.random() < 0.5:
+        low = low[:, ::-1]
+    fy, fx = np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij")
+    kernel = np.exp(-2 * (np.pi * TEXTURE_WIDTH) ** 2 * (fx ** 2 + fy ** 2))
+    field = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((height, width))) * kernel))
+    texture = field * (TEXTURE_STD / (field.std() or 1.0))
+    return low + texture + rng.uniform(-np.pi, np.pi)
 
 
 def _smooth_phase(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

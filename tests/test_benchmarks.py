@@ -11,6 +11,7 @@ import torch
 
 from ugodit_pl.apps.benchmarks import cli
 from ugodit_pl.apps.benchmarks.common import CurveTracker, plot_curves, steps_to_reach
+from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL
 from ugodit_pl.apps.io import machine_info, read_json, to_jsonable, write_json
 
 
@@ -192,7 +193,7 @@ def test_mri_quality_suite_tiny(tmp_path, shared_data):
         assert any(note.startswith("deepinv_dip: skipped") for note in result["notes"])
     for name, problem in result["problems"].items():
         methods = problem["methods"]
-        assert set(methods) == {"zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned"} | networks
+        assert set(methods) == set(CLASSICAL) | networks
         for entry in methods.values():
             assert set(entry["metrics"]) == {"psnr", "ssim", "nmse", "psnr_unmasked"}
             assert math.isfinite(entry["metrics"]["psnr"]) and entry["metrics"]["nmse"] > 0
@@ -200,8 +201,12 @@ def test_mri_quality_suite_tiny(tmp_path, shared_data):
             assert methods[key]["steps"] == 4
             _check_curve(methods[key]["curve"], 4)
         # the default lambda (1e-3) is in the tiny grid: tuning can only help
-        assert methods["l1_wavelet_tuned"]["metrics"]["psnr"] >= methods["l1_wavelet"]["metrics"]["psnr"] - 1e-9
-        assert methods["l1_wavelet_tuned"]["oracle"] is True
+        for cs in ("l1_wavelet", "total_variation"):
+            tuned, auto = methods[f"{cs}_tuned"], methods[f"{cs}_auto"]
+            assert tuned["metrics"]["psnr"] >= methods[cs]["metrics"]["psnr"] - 1e-9 and tuned["oracle"] is True
+            # the rule picks from the same grid without the target, so it can only match the oracle
+            assert auto["lamda"] in (1e-3, 1e-2) and tuned["metrics"]["psnr"] >= auto["metrics"]["psnr"] - 1e-9
+            assert auto["rule"] in ("cv", "discrepancy") and set(auto["scores"]) == {"0.001", "0.01"}
     assert result["problems"]["head 64x64 8x"]["problem"]["center_fraction"] == pytest.approx(8 / 64)
     # UGoDIT's encoders were pre-trained on other measurements, never a test slice; the control had one step
     pre = result["pretraining"]
@@ -226,11 +231,11 @@ def test_mri_quality_summary_margins_and_size_change():
         return {"problem": {"name": name, "anatomy": name.split()[0], "shape": list(shape), "acceleration": 4.0},
                 "methods": methods}
 
-    problems = {"brain 48x40 4x": problem("brain 48x40 4x", (48, 40), {"l1_wavelet": 20.0, "aseqdip": 21.0}),
-                "brain 96x80 4x": problem("brain 96x80 4x", (96, 80), {"l1_wavelet": 22.0, "aseqdip": 22.5}),
-                "head 64x64 4x": problem("head 64x64 4x", (64, 64), {"l1_wavelet": 25.0, "aseqdip": 27.0})}
+    problems = {"brain 48x40 4x": problem("brain 48x40 4x", (48, 40), {"l1_wavelet_auto": 20.0, "aseqdip": 21.0}),
+                "brain 96x80 4x": problem("brain 96x80 4x", (96, 80), {"l1_wavelet_auto": 22.0, "aseqdip": 22.5}),
+                "head 64x64 4x": problem("head 64x64 4x", (64, 64), {"l1_wavelet_auto": 25.0, "aseqdip": 27.0})}
     group = summarise(problems)["4x"]
-    margin = group["methods"]["aseqdip"]["margin_l1_wavelet"]
+    margin = group["methods"]["aseqdip"]["margin_l1_wavelet_auto"]
     assert margin["mean"] == pytest.approx((1.0 + 0.5 + 2.0) / 3) and margin["worst"] == pytest.approx(0.5)
     assert group["methods"]["aseqdip"]["mean_psnr"] == pytest.approx((21.0 + 22.5 + 27.0) / 3)
     # the larger brain costs 0.5 dB of margin; no pair across anatomies
@@ -370,9 +375,11 @@ def test_volume_suite_tiny(tmp_path, shared_data):
     assert runs["cold"]["steps"] == [6, 6] and runs["warm"]["steps"] == [6, 3]
     assert runs["warm"]["slice_psnr"][0] == runs["cold"]["slice_psnr"][0]  # the warm chain starts with the cold fit
     assert all(2 <= s <= 6 for s in runs["warm_stop"]["steps"]) and len(runs["warm_stop"]["gap_to_best"]) == 2
-    for name in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_cv", "l1_wavelet_tuned"):
+    for name in CLASSICAL:
         assert math.isfinite(volume["methods"][name]["volume"]["psnr"])
-    assert all(lamda in (1e-3, 1e-2) for lamda in volume["methods"]["l1_wavelet_cv"]["lamdas"])
+    for name in ("l1_wavelet_auto", "total_variation_auto"):
+        assert all(lamda in (1e-3, 1e-2) for lamda in volume["methods"][name]["lamdas"])
+        assert set(volume["methods"][name]["rules"]) <= {"cv", "discrepancy"}
     row = document["result"]["summary"]["aseqdip epi"]
     assert row["warm_time_ratio"] == round(runs["warm"]["seconds"] / runs["cold"]["seconds"], 3)
     assert (tmp_path / "volume_epi.png").is_file()

@@ -6,10 +6,13 @@ crops, matplotlib's real head MRI and nibabel's real EPI brain slice simulated i
 
 Methods, every network at the same number of optimiser steps with its documented defaults:
 
-- classical (``ugodit_pl.classical``, estimated maps): zero-filled A^H y, CG-SENSE, L1-wavelet at its
-  default lambda, and ``l1_wavelet_tuned``: L1-wavelet at the best lambda of ``l1_grid`` for that
-  problem, chosen against the ground truth (an oracle choice no real scan allows; the strongest
-  fair bar for compressed sensing);
+- classical (``ugodit_pl.classical``, estimated maps): zero-filled A^H y, CG-SENSE, and L1-wavelet and
+  total variation each at its default lambda, at the lambda of ``l1_grid`` that an automatic rule
+  picks without ground truth (``_auto``: held-out k-space cross-validation, or the discrepancy
+  principle where the mask leaves too few lines to hold out; ``ugodit_pl.lamda_rules``), the
+  compressed sensing a user would run and the bar network methods are judged against, and at the
+  best lambda of ``l1_grid`` against the ground truth (``_tuned``, an oracle choice no real scan
+  allows, shown beside it);
 - ``dip`` (noise input) and ``dip_es`` (the same run's output kept by ``WMVEarlyStopping`` at its
   defaults, or ``es_args``), ``reference_dip`` (input A^H y), ``self_guided_dip``, ``aseqdip``;
 - ``ugodit``: the test-time fit behind an encoder pre-trained on M *other* measurements (never the
@@ -58,15 +61,20 @@ import torch
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, reported_curve
 from ugodit_pl.complex import magnitude as complex_magnitude
+from ugodit_pl.lamda_rules import LAMDA_GRID
 
 __all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "pretraining_group", "problem_metrics", "variant_of"]
 
 #: The network methods, in table order (``dip_es`` comes out of the ``dip`` run).
 METHODS = ("dip", "reference_dip", "self_guided_dip", "aseqdip", "ugodit", "ugodit_untrained", "deepinv_dip")
+#: The compressed-sensing reconstructions, each at its default, automatic and oracle lambda.
+CS_METHODS = ("l1_wavelet", "total_variation")
 #: The classical reconstructions, in table order.
-CLASSICAL = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned")
-#: The references of the summary's margins.
-REFERENCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned")
+CLASSICAL = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation",
+             "total_variation_auto", "total_variation_tuned")
+#: The references of the summary's margins (the network methods are judged against ``l1_wavelet_auto``).
+REFERENCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation_auto",
+              "total_variation_tuned")
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # seconds, for the tests: tiny sizes, a few steps (the numbers mean nothing)
@@ -80,14 +88,14 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "quick": {
         "panel": "quick", "network_args": {"channels": [16, 32, 64, 64]}, "steps": 600, "pretrain_steps": 600,
         "pretrain_crop": (96, 72), "eval_every": 30, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
-        "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 2, "method_args": {}, "es_args": {},
+        "l1_grid": list(LAMDA_GRID), "methods": METHODS, "workers": 2, "method_args": {}, "es_args": {},
         "pretrain_args": {}, "method_variants": {},
     },
     # the papers' setting (for a GPU, not run yet): full slices, the authors' U-Net width, 3000 steps
     "full": {
         "panel": "full", "network_args": {"channels": [64, 128, 256, 256]}, "steps": 3000, "pretrain_steps": 3000,
         "pretrain_crop": (128, 96), "eval_every": 100, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
-        "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2], "methods": METHODS, "workers": 4, "method_args": {}, "es_args": {},
+        "l1_grid": list(LAMDA_GRID), "methods": METHODS, "workers": 4, "method_args": {}, "es_args": {},
         "pretrain_args": {}, "method_variants": {},
     },
 }
@@ -127,36 +135,55 @@ def _at(curve: Dict[str, List[float]], step: int) -> Optional[float]:
 # --------------------------------------------------------------------------- classical
 def classical_results(batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any],
                       keep_images: bool = False) -> Dict[str, Dict[str, Any]]:
-    """Zero-filled, CG-SENSE, L1-wavelet and L1-wavelet at its best lambda of ``l1_grid`` (oracle-tuned);
-    with ``keep_images`` each entry also holds its support-masked magnitude image (1, 1, H, W) as ``image``."""
-    from ugodit_pl import classical
+    """Zero-filled, CG-SENSE, and L1-wavelet and total variation three ways each: at the default lambda,
+    at the lambda the automatic rule picks without ground truth (``lamda_rules.automatic_lamda``,
+    ``"auto"``: held-out k-space cross-validation, or the discrepancy principle where too few lines can
+    be held out) and at the best lambda of ``l1_grid`` against the target (``_tuned``, an oracle).
+    With ``keep_images`` each entry also holds its support-masked magnitude image (1, 1, H, W) as ``image``."""
+    from ugodit_pl import classical, lamda_rules
 
     y, mask, maps, target = batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0], batch["target"]
     sense_args = {} if settings["sense_iter"] is None else {"max_iter": int(settings["sense_iter"])}
-    l1_args = {} if settings["l1_iter"] is None else {"max_iter": int(settings["l1_iter"])}
-    runs: Dict[str, Callable[[], torch.Tensor]] = {
-        "zero_filled": lambda: classical.zero_filled(y, maps),
-        "sense": lambda: classical.sense(y, mask, maps, **sense_args),
-        "l1_wavelet": lambda: classical.l1_wavelet(y, mask, maps, **l1_args),
+    cs_args = {} if settings["l1_iter"] is None else {"max_iter": int(settings["l1_iter"])}
+    grid = tuple(float(lamda) for lamda in settings["l1_grid"])
+    runs: Dict[str, Callable[[], Tuple[torch.Tensor, Dict[str, Any]]]] = {
+        "zero_filled": lambda: (classical.zero_filled(y, maps), {}),
+        "sense": lambda: (classical.sense(y, mask, maps, **sense_args), {}),
     }
+    for method in CS_METHODS:
+        reconstruct = lamda_rules.RECONSTRUCTIONS[method]
+        runs[method] = lambda reconstruct=reconstruct: (reconstruct(y, mask, maps, **cs_args), {})
+        runs[f"{method}_auto"] = lambda method=method: _automatic(y, mask, maps, method, grid, cs_args)
     out: Dict[str, Dict[str, Any]] = {}
     for name, run in runs.items():
         start = time.perf_counter()
-        recon = run()
+        recon, extra = run()
         out[name] = {"kind": "classical", "metrics": problem_metrics(recon[None], target, support),
-                     "seconds": time.perf_counter() - start}
+                     "seconds": time.perf_counter() - start, **extra}
         if keep_images:
             out[name]["image"] = complex_magnitude(recon[None].cpu()).float() * support.cpu()
-    tuned = []
-    for lamda in settings["l1_grid"]:
-        recon = classical.l1_wavelet(y, mask, maps, lamda=float(lamda), **l1_args)
-        tuned.append((problem_metrics(recon[None], target, support), float(lamda), recon))
-    best, lamda, recon = max(tuned, key=lambda item: item[0]["psnr"])
-    out["l1_wavelet_tuned"] = {"kind": "classical", "metrics": best, "lamda": lamda,
-                               "grid": {str(g): m["psnr"] for m, g, _ in tuned}, "oracle": True}
-    if keep_images:
-        out["l1_wavelet_tuned"]["image"] = complex_magnitude(recon[None].cpu()).float() * support.cpu()
+    for method in CS_METHODS:
+        reconstruct = lamda_rules.RECONSTRUCTIONS[method]
+        tuned = []
+        for lamda in grid:
+            recon = reconstruct(y, mask, maps, lamda=lamda, **cs_args)
+            tuned.append((problem_metrics(recon[None], target, support), lamda, recon))
+        best, lamda, recon = max(tuned, key=lambda item: item[0]["psnr"])
+        out[f"{method}_tuned"] = {"kind": "classical", "metrics": best, "lamda": lamda,
+                                  "grid": {str(g): m["psnr"] for m, g, _ in tuned}, "oracle": True}
+        if keep_images:
+            out[f"{method}_tuned"]["image"] = complex_magnitude(recon[None].cpu()).float() * support.cpu()
     return out
+
+
+def _automatic(y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, method: str, grid: Tuple[float, ...],
+               args: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """``method`` at the lambda of ``grid`` that ``lamda_rules``' "auto" rule picks; the rule and lambda it used."""
+    from ugodit_pl import lamda_rules
+
+    rule = "cv" if lamda_rules.cross_validation_possible(mask.expand(y.shape[-2:])) else "discrepancy"
+    recon, lamda, scores = lamda_rules.automatic_lamda(y, mask, maps, method=method, rule=rule, lamdas=grid, **args)
+    return recon, {"lamda": lamda, "rule": rule, "scores": {str(k): v for k, v in scores.items()}}
 
 
 # --------------------------------------------------------------------------- networks
@@ -484,19 +511,20 @@ def summarise(problems: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
 
 def _size_change(members: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
     """Per pair of problems of one anatomy at two sizes (smaller first) and per method: the change of the
-    PSNR margin over L1-wavelet from the smaller to the larger size (negative = the larger size costs)."""
+    PSNR margin over L1-wavelet at its automatic lambda from the smaller to the larger size (negative =
+    the larger size costs)."""
     out: Dict[str, Dict[str, float]] = {}
     for small in members:
         for large in members:
             a, b = small["problem"], large["problem"]
             if a["anatomy"] != b["anatomy"] or a["shape"][0] * a["shape"][1] >= b["shape"][0] * b["shape"][1]:
                 continue
-            if "l1_wavelet" not in small["methods"] or "l1_wavelet" not in large["methods"]:
+            if "l1_wavelet_auto" not in small["methods"] or "l1_wavelet_auto" not in large["methods"]:
                 continue
             pair = {}
             for name, entry in small["methods"].items():
                 if entry["kind"] == "network" and name in large["methods"]:
-                    margin = lambda p: p["methods"][name]["metrics"]["psnr"] - p["methods"]["l1_wavelet"]["metrics"]["psnr"]  # noqa: E731
+                    margin = lambda p: p["methods"][name]["metrics"]["psnr"] - p["methods"]["l1_wavelet_auto"]["metrics"]["psnr"]  # noqa: E731
                     pair[name] = margin(large) - margin(small)
             out[f"{a['name']} -> {b['name']}"] = pair
     return out
@@ -517,7 +545,8 @@ def _log_problem(name: str, problem: Dict[str, Any], log: Callable[[str], None])
 def _plot(name: str, problem: Dict[str, Any], path: Path, settings: Dict[str, Any]) -> None:
     methods = problem["methods"]
     curves = {key: entry["curve"] for key, entry in methods.items() if "curve" in entry}
-    levels = {key: methods[key]["metrics"]["psnr"] for key in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_tuned")
+    levels = {key: methods[key]["metrics"]["psnr"] for key in ("zero_filled", "sense", "l1_wavelet_auto",
+                                                              "l1_wavelet_tuned", "total_variation_auto")
               if key in methods}
     plot_curves(curves, path, levels=levels,
                 title=f"{name}: PSNR (RSS target) of the EMA output, U-Net {settings['network_args']['channels'][0]} wide")

@@ -9,8 +9,10 @@ Anatomies (``ANATOMIES``):
 - ``brain``: the real, fully sampled 8-coil k-space of ../shared/data (``mri/espirit_brain_full.h5``,
   a slice of a 3-D T1-weighted brain scan, 230 x 180);
 - ``head``: matplotlib's sample MRI (``s1045.ima.gz``, a sagittal T1-weighted head, 256 x 256),
-  simulated into 8-coil k-space (``write_simulated_mri``: birdcage maps, smooth random phase, complex
-  noise 0.011 of the maximum per coil, as the real brain shows);
+  simulated into 8-coil k-space (``write_simulated_mri``: birdcage maps, complex noise 0.011 of the
+  maximum per coil, as the real brain shows, and a realistic phase: the real brain's low-resolution
+  phase (its ESPIRiT coil combination) plus fine random texture, ``realistic_phase``; one smooth
+  random phase, used before, flattered the networks);
 - ``epi``: slice 12 of nibabel's test volume (``example4d.nii.gz``, axial echo-planar brain images,
   128 x 96), simulated the same way. Slices 4 and 20 of that volume are its neighbours for group pre-training.
 
@@ -25,9 +27,12 @@ Undersampling (``UNDERSAMPLINGS``): ``4x`` = fastMRI's random columns with centr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BRAIN_FILE = "mri/espirit_brain_full.h5"
 PRETRAIN_BRAIN_FILE = "mri/sigpy_brain_poisson8x.h5"
@@ -89,15 +94,30 @@ def anatomy_file(anatomy: str, root: Path, folder: Path) -> Path:
 
     if anatomy == "brain":
         return root / BRAIN_FILE
-    path = folder / f"{anatomy}.h5"
+    path = folder / f"{anatomy}_realistic_phase.h5"
     if not path.is_file():
         if anatomy == "head":
             slices, note = real_mri_slices("s1045"), "matplotlib sample_data s1045.ima.gz (real MRI)"
         else:
             slices = real_mri_slices("example4d")[list(EPI_FILE_SLICES)]
             note = f"nibabel tests/data/example4d.nii.gz slices {list(EPI_FILE_SLICES)} (real MRI)"
-        write_simulated_mri(path, slices, num_coils=8, seed=1, source=note, acquisition="SIMULATED_FROM_REAL_MRI")
+        write_simulated_mri(path, slices, num_coils=8, seed=1, source=note, acquisition="SIMULATED_FROM_REAL_MRI",
+                            phase_reference=real_brain_image(root))
     return path
+
+
+def real_brain_image(root: Path) -> "np.ndarray":
+    """The real brain of ../shared/data as one complex image (230, 180): its fully sampled coil images
+    combined with ESPIRiT maps of the full k-space, so that it keeps the scan's own phase."""
+    import h5py
+
+    from ugodit_pl.classical import coil_combine
+    from ugodit_pl.complex import ifft2c
+    from ugodit_pl.operators.coil_maps import estimate_coil_maps
+
+    with h5py.File(root / BRAIN_FILE, "r") as handle:
+        kspace = torch.from_numpy(handle["kspace"][0])
+    return coil_combine(ifft2c(kspace), estimate_coil_maps(kspace, cache_dir=False)).numpy()
 
 
 def epi_position(volume_slice: int) -> int:

@@ -42,7 +42,7 @@ import torch
 
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import data_root, fit_method
-from ugodit_pl.apps.benchmarks.mri_quality import classical_results, network_method, pretrain, pretraining_group
+from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL, classical_results, network_method, pretrain, pretraining_group
 
 VOLUME_METHODS = ("aseqdip", "ugodit", "self_guided_dip", "dip")
 MODES = ("cold", "warm", "warm_stop")
@@ -296,12 +296,12 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
             entry: Dict[str, Any] = {"source": source, "slices": list(indices), "shape": shape, "methods": {}}
             if settings["baselines"]:  # off for the parallel parts of a GPU run (one part computes them)
                 classical = [classical_results(b, panel.support_of(b), settings, keep_images=True) for b in batches]
-                for c, b in zip(classical, batches):
-                    c["l1_wavelet_cv"] = _l1_cross_validated(b, settings, seed)
-                for key in ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_cv", "l1_wavelet_tuned"):
+                for key in CLASSICAL:
                     entry["methods"][key] = {"volume": _classical_volume(classical, key, batches),
                                              "seconds": round(sum(c[key].get("seconds", 0.0) for c in classical), 2)}
-                entry["methods"]["l1_wavelet_cv"]["lamdas"] = [c["l1_wavelet_cv"]["lamda"] for c in classical]
+                for key in ("l1_wavelet_auto", "total_variation_auto"):
+                    entry["methods"][key]["lamdas"] = [c[key]["lamda"] for c in classical]
+                    entry["methods"][key]["rules"] = [c[key]["rule"] for c in classical]
                 log(f"  {name} ({len(indices)} slices {shape[0]}x{shape[1]}): L1-wavelet "
                     f"{entry['methods']['l1_wavelet']['volume']['psnr']:.2f} dB")
             for method_name in methods:
@@ -319,21 +319,6 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
     if out_dir is not None:
         plot(results, Path(out_dir))
     return results
-
-
-def _l1_cross_validated(batch: Dict[str, Any], settings: Dict[str, Any], seed: int) -> Dict[str, Any]:
-    """L1-wavelet with lambda from held-out k-space (``classical.l1_wavelet_cv``): no ground truth."""
-    from ugodit_pl import classical
-    from ugodit_pl.complex import magnitude
-
-    start = time.perf_counter()
-    args = {} if settings["l1_iter"] is None else {"max_iter": int(settings["l1_iter"])}
-    image, lamda, _ = classical.l1_wavelet_cv(batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0],
-                                              lamdas=tuple(settings["l1_grid"]), seed=seed,
-                                              holdout_fraction=float(settings["holdout_fraction"]), **args)
-    channels = torch.view_as_real(image)[None].permute(0, 3, 1, 2)
-    return {"image": magnitude(channels.float()) * panel.support_of(batch).cpu(), "lamda": lamda,
-            "seconds": time.perf_counter() - start}
 
 
 def _classical_volume(classical: List[Dict[str, Any]], key: str, batches: List[Dict[str, Any]]) -> Dict[str, float]:
