@@ -237,7 +237,8 @@ def test_zero_measurements_is_refused(cls):
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"loss_norm": "l1"}, "loss_norm"), ({"output": "best"}, "output"), ({"input_update": "magic"}, "input_update"),
-     ({"update_every": 0}, "update_every"), ({"lam": -1.0}, "lam"), ({"network": "resnet"}, "resnet")],
+     ({"update_every": 0}, "update_every"), ({"lam": -1.0}, "lam"), ({"network": "resnet"}, "resnet"),
+     ({"tv_weight": -0.1}, "tv_weight")],
 )
 def test_bad_arguments_are_named(kwargs, match):
     args = {"network": "unet", "network_args": TINY_UNET, **kwargs}
@@ -411,3 +412,24 @@ def test_ugodit_fit_takes_the_residual_setting_of_its_pretraining(tmp_path):
     assert load_transferable_weights(path)["metadata"]["residual"] is True
     assert UGoDITFit(weights=str(path)).residual is True
     assert UGoDITFit(weights=str(path), residual=False).residual is False
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: ASeqDIP(network="unet", network_args=TINY_UNET, lr=3e-3, update_every=5, seed=2, **kw),
+    lambda **kw: SelfGuidedDIP(network="unet", network_args=TINY_UNET, lr=3e-3, num_draws=2, seed=2, **kw),
+])
+def test_the_tv_weight_adds_the_outputs_total_variation_to_the_objective(make):
+    """The loss is the paper's objective plus tv_weight * TV(output), and a fit with it ends smoother."""
+    from ugodit_pl.methods.losses import total_variation
+
+    batch = mri_batch(num=1, size=32)
+    plain, smooth = (fit(make(final_projection=False, tv_weight=w), batch, 30) for w in (0.0, 10.0))
+    assert float(total_variation(smooth.reconstruction)) < 0.8 * float(total_variation(plain.reconstruction))
+    # a step taken by hand: the loss returned is the method's plus exactly the weighted term of its output
+    method = fit(make(tv_weight=0.25), batch, 1)  # sets up the state
+    method.trainer = None
+    step = method.begin_step(batch)
+    output = method.forward_rows(method.fit_state.inputs[step.rows], step.rows)
+    base = method.data_term(output, step)
+    total = method.end_step(step, base.clone(), base.detach(), output)
+    assert torch.allclose(total, (base + 0.25 * total_variation(output)).sum())

@@ -19,7 +19,7 @@ PACKAGES = {
 }
 CORE = ["ugodit_pl/operators", "ugodit_pl/nets", "ugodit_pl/methods", "datamodules", "callbacks",
         "ugodit_pl/metrics.py", "ugodit_pl/classical.py", "ugodit_pl/complex.py", "ugodit_pl/atomic.py",
-        "ugodit_pl/state_dicts.py"]
+        "ugodit_pl/state_dicts.py", "ugodit_pl/lamda_rules.py", "ugodit_pl/arguments.py"]
 
 
 def test_importing_the_packages_does_not_import_torch():

@@ -9,7 +9,8 @@ The loop, with the hooks it lives in (docs/ARCHITECTURE.md, "The fitting loop"):
                       z = the rows' inputs                  (aSeqDIP / UGoDIT: z <- f(z) every N steps)
                       out = f(z)                            forward (the method's networks)
                       loss = the method's objective         (its paper's equation, in its module)
-                      return end_step(step, loss, ...)      EMA and last output, step counters, logs
+                      return end_step(step, loss, ...)      + tv_weight * TV(out) (an option, off),
+                                                            EMA and last output, step counters, logs
                                                             (``logs_metrics_at``: every log_every_n_steps)
     Lightning         backward, gradient clipping, optimiser step (the weights; z of Self-Guided DIP)
 
@@ -41,14 +42,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ugodit_pl.arguments import check_choice, fraction, positive, whole
+from ugodit_pl.arguments import check_choice, fraction, non_negative, positive, whole
 from ugodit_pl.methods.batches import CheckedBatch, Step, batch_rows, check_batch_layout, measurement_fingerprints
 from ugodit_pl.methods.compiling import compile_arguments
 from ugodit_pl.methods.defaults import DEFAULT_LR, default_residual, network_default
 from ugodit_pl.methods.holdout import PATTERNS as HOLDOUT_PATTERNS
 from ugodit_pl.methods.holdout import check_holdout_fraction, holdout_error, split_measurement
 from ugodit_pl.methods.inputs import INPUT_INITS, initial_input
-from ugodit_pl.methods.losses import LOSS_NORMS, residual_norm
+from ugodit_pl.methods.losses import LOSS_NORMS, residual_norm, total_variation
 from ugodit_pl.methods.networks import NETWORK_INITS
 from ugodit_pl.methods.optim import adam, check_optimizer_args
 from ugodit_pl.methods.results import FittedResults, ema_past_weight
@@ -133,6 +134,10 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
             watches. Must be below 0.5.
         holdout_pattern: what is held out: whole lines of a 1-D mask (``"lines"``), single sampled
             locations (``"points"``), or ``"auto"``: lines for a 1-D mask, points otherwise.
+        tv_weight: 0 (off: the papers' objectives), or the weight of a sparsity term added to every
+            method's objective: the total variation of the network output per pixel
+            (``ugodit_pl.methods.losses.total_variation``), in the units of the data term (about
+            2 x the lambda of L1 compressed sensing on a max-1 image).
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).
@@ -163,6 +168,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         final_projection: Optional[bool] = None,
         holdout_fraction: float = 0.0,
         holdout_pattern: str = "auto",
+        tv_weight: float = 0.0,
     ) -> None:
         super().__init__()
         check_choice("loss_norm", loss_norm, LOSS_NORMS)
@@ -197,6 +203,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self.compile_args = compile_arguments(compile)
         self.holdout_fraction = check_holdout_fraction(holdout_fraction)
         self.holdout_pattern = check_choice("holdout_pattern", holdout_pattern, HOLDOUT_PATTERNS)
+        self.tv_weight = non_negative("tv_weight", tv_weight)
         self.final_projection_arg = final_projection
         # None is resolved in ``prepare`` (MRI or not) and kept in checkpoints
         self.final_projection = self.holdout_fraction > 0 if final_projection is None else bool(final_projection)
@@ -443,7 +450,10 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         return split_measurement(operator, y, self.holdout_fraction, self.seed, rows, names, self.holdout_pattern)
 
     def end_step(self, step: Step, loss: torch.Tensor, data: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """Record the step's outputs (EMA, last), advance the rows' counters, log; return the loss to minimise."""
+        """Add the ``tv_weight`` term to the method's loss, record the step's outputs (EMA, last), advance the
+        rows' counters, log; return the loss to minimise."""
+        if self.tv_weight:
+            loss = loss + self.tv_weight * total_variation(output)
         output = output.detach() if step.support is None else output.detach() * step.support.to(output.dtype)
         self._record_output(output, step)
         self.fit_state.steps[step.row_list] += 1

@@ -197,7 +197,7 @@ def network_method(name: str, settings: Dict[str, Any], weights: Optional[Path],
     classes = {"dip": methods.DIP, "reference_dip": methods.ReferenceGuidedDIP,
                "self_guided_dip": methods.SelfGuidedDIP, "aseqdip": methods.ASeqDIP}
     if name in classes:
-        return classes[name](**net, **common)
+        return classes[name](**{**net, **common})  # a variant's network_args replace the preset's
     if name in ("ugodit", "ugodit_untrained"):
         if weights is None:
             raise ValueError(f"the {name!r} method needs transferable weights")

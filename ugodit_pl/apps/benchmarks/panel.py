@@ -45,8 +45,8 @@ EPI_FILE_SLICES = (EPI_TEST_SLICE, *EPI_NEIGHBOURS, *EPI_ADJACENT)
 #: anatomy -> (what it is, native size)
 ANATOMIES: Dict[str, Tuple[str, Tuple[int, int]]] = {
     "brain": ("real 8-coil k-space, T1 brain slice (../shared/data)", (230, 180)),
-    "head": ("matplotlib's s1045 T1 sagittal head, simulated 8 coils", (256, 256)),
-    "epi": ("nibabel's example4d EPI brain slice 12, simulated 8 coils", (128, 96)),
+    "head": ("matplotlib's s1045 T1 sagittal head, simulated 8 coils, realistic phase", (256, 256)),
+    "epi": ("nibabel's example4d EPI brain slice 12, simulated 8 coils, realistic phase", (128, 96)),
 }
 UNDERSAMPLINGS = {"4x": ("random", 4.0, 0.08), "8x": ("equispaced", 8.0, 0.04)}
 

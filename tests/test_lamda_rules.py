@@ -1,0 +1,142 @@
+"""Compressed sensing with lambda chosen without ground truth: total variation, cross-validation, discrepancy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.demo import realistic_phase, write_simulated_mri
+from ugodit_pl import classical, lamda_rules
+from ugodit_pl.complex import fft2c, ifft2c
+
+SIZE = 48
+
+
+def phantom() -> torch.Tensor:
+    """Piecewise-constant complex image (SIZE, SIZE): a disc and a square with a phase step."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
+    image = (xx ** 2 + yy ** 2 < 0.6).to(torch.complex64)
+    image[(xx.abs() < 0.25) & (yy.abs() < 0.25)] = 0.5 * torch.exp(torch.tensor(1j * 0.8))
+    return image
+
+
+def problem(sampled_columns: torch.Tensor, noise: float = 0.02, coils: int = 4):
+    """(k-space, mask, maps) of the phantom seen by smooth coil maps, noise of std ``noise`` per sample."""
+    generator = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
+    maps = torch.stack([torch.exp(-((xx - np.cos(a)) ** 2 + (yy - np.sin(a)) ** 2) / 2) * torch.exp(torch.tensor(1j * a))
+                        for a in np.linspace(0, 2 * np.pi, coils, endpoint=False)]).to(torch.complex64)
+    maps = maps / maps.abs().pow(2).sum(0).sqrt()
+    mask = torch.zeros(SIZE, SIZE)
+    mask[:, sampled_columns] = 1
+    clean = fft2c(maps * phantom())
+    k = (clean + noise * torch.randn(clean.shape, dtype=torch.complex64, generator=generator)) * mask
+    return k, mask, maps
+
+
+def four_fold() -> torch.Tensor:
+    """A 4x column pattern: the 8 central columns and every fifth other one (clean to hold out)."""
+    return torch.tensor(sorted(set(range(20, 28)) | set(range(0, SIZE, 5))))
+
+
+def psnr(x: torch.Tensor) -> float:
+    error = (x.abs() - phantom().abs()).pow(2).mean()
+    return float(10 * torch.log10(phantom().abs().max() ** 2 / error))
+
+
+def test_total_variation_recovers_a_fully_sampled_image_and_flattens_with_lambda():
+    k, mask, maps = problem(torch.arange(SIZE), noise=0.0)
+    exact = classical.total_variation(k, mask, maps, lamda=1e-5, max_iter=200)
+    assert torch.allclose(exact, phantom(), atol=2e-2)
+    tv = lambda x: float((x.diff(dim=0).abs().sum() + x.diff(dim=1).abs().sum()))  # noqa: E731
+    smooth = classical.total_variation(k, mask, maps, lamda=5.0, max_iter=200)
+    assert tv(smooth) < 0.1 * tv(exact)  # a large lambda flattens the image
+    assert torch.equal(smooth, classical.total_variation(k, mask, maps, lamda=5.0, max_iter=200))  # no random start
+
+
+def test_noise_variance_reads_the_corners_of_any_mask():
+    noise = torch.randn(4, 128, 128, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)) * 0.1
+    full = lamda_rules.noise_variance(noise, torch.ones(128, 128))
+    centre_and_one = torch.zeros(128, 128)
+    centre_and_one[:, 60:68] = 1
+    centre_and_one[:, 30] = 1  # no sampled column in any corner: the nearest sampled samples stand in
+    sparse = lamda_rules.noise_variance(noise, centre_and_one)
+    assert 0.008 < full <= 0.01 and 0.006 < sparse < 0.013
+    image = torch.zeros(4, 128, 128, dtype=torch.complex64)
+    image[:, 64, 64] = 100.0  # a DC peak far from every corner changes nothing
+    assert lamda_rules.noise_variance(noise + image, torch.ones(128, 128)) == pytest.approx(full)
+
+
+def test_cross_validation_picks_the_lambda_whose_image_predicts_the_held_out_lines():
+    k, mask, maps = problem(four_fold())
+    grid = (1e-5, 1e-3, 1e-2, 1e-1, 1.0)
+    image, lamda, errors = lamda_rules.automatic_lamda(k, mask, maps, method="l1_wavelet", rule="cv", lamdas=grid,
+                                                       max_iter=50)
+    assert set(errors) == set(grid) and lamda == min(errors, key=errors.get)
+    assert torch.equal(image, classical.l1_wavelet(k, mask, maps, lamda=lamda, max_iter=50))
+    oracle = {g: psnr(classical.l1_wavelet(k, mask, maps, lamda=g, max_iter=50)) for g in grid}
+    assert oracle[lamda] >= sorted(oracle.values())[len(grid) // 2]  # at least the median lambda's image
+    assert errors[1.0] > errors[lamda]  # a lambda that wipes the image predicts nothing
+
+
+def test_discrepancy_takes_the_largest_lambda_within_the_noise_it_absorbs():
+    k, mask, maps = problem(four_fold())
+    grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    image, lamda, scores = lamda_rules.automatic_lamda(k, mask, maps, method="total_variation", rule="discrepancy",
+                                                       lamdas=grid, max_iter=50)
+    assert scores[1e-4] == 0.0 and all(scores[a] <= scores[b] + 1e-6 for a, b in zip(grid, grid[1:]))
+    assert lamda == max(g for g in grid if scores[g] <= 1.0) and scores[1.0] > 1.0
+    assert torch.equal(image, classical.total_variation(k, mask, maps, lamda=lamda, max_iter=50))
+
+
+def test_auto_falls_back_to_the_discrepancy_principle_when_too_few_lines_can_be_held_out():
+    k, mask, maps = problem(torch.tensor([*range(20, 28), 5]))
+    assert not lamda_rules.cross_validation_possible(mask)
+    auto = lamda_rules.automatic_lamda(k, mask, maps, rule="auto", lamdas=(1e-3, 1e-1), max_iter=10)
+    discrepancy = lamda_rules.automatic_lamda(k, mask, maps, rule="discrepancy", lamdas=(1e-3, 1e-1), max_iter=10)
+    assert auto[1:] == discrepancy[1:] and torch.equal(auto[0], discrepancy[0])
+    with pytest.raises(ValueError, match="holds out .* sampled lines"):
+        lamda_rules.automatic_lamda(k, mask, maps, rule="cv", lamdas=(1e-3,), max_iter=10)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "tv"}, "method must be one of"),
+    ({"rule": "gcv"}, "rule must be one of"),
+    ({"lamdas": ()}, "lamdas must be a non-empty"),
+    ({"lamdas": (-1.0,)}, "lamdas must be a non-empty"),
+    ({"folds": 0}, "folds must be >= 1"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    k, mask, maps = problem(four_fold())
+    with pytest.raises(ValueError, match=message):
+        lamda_rules.automatic_lamda(k, mask, maps, **kwargs)
+
+
+def test_realistic_phase_is_seeded_and_adds_texture_to_the_reference_phase():
+    flat = np.ones((40, 30), dtype=np.complex64) * np.exp(1j * 0.5)
+    first = realistic_phase(flat, (32, 24), np.random.default_rng(0))
+    assert np.array_equal(first, realistic_phase(flat, (32, 24), np.random.default_rng(0)))
+    assert not np.array_equal(first, realistic_phase(flat, (32, 24), np.random.default_rng(1)))
+    assert first.std() == pytest.approx(0.3, rel=1e-6)  # a flat reference leaves the texture alone
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 30), indexing="ij")
+    ramp = realistic_phase(np.exp(1j * 1.5 * yy), (32, 24), np.random.default_rng(0))
+    rows = ramp.mean(axis=1)
+    assert abs(np.corrcoef(rows, np.arange(32))[0, 1]) > 0.9  # the reference's low-resolution phase is kept
+    with pytest.raises(ValueError, match="phase_reference must be a finite complex"):
+        realistic_phase(np.ones((40, 30)), (32, 24), np.random.default_rng(0))
+
+
+def test_simulated_mri_with_a_phase_reference_keeps_the_magnitude(tmp_path):
+    import h5py
+
+    magnitude = np.zeros((1, 32, 24), dtype=np.float32)
+    magnitude[0, 8:24, 6:18] = 1.0
+    reference = np.exp(1j * np.linspace(0, 3, 40 * 30)).reshape(40, 30)
+    path = write_simulated_mri(tmp_path / "a.h5", magnitude, num_coils=2, noise_std=0.0, phase_reference=reference)
+    with h5py.File(path) as handle:
+        coil_images = ifft2c(torch.from_numpy(handle["kspace"][()]))
+        assert "realistic phase" in handle.attrs["source"]
+        rss = handle["reconstruction_rss"][()]
+    np.testing.assert_allclose(rss[0], magnitude[0], atol=1e-5)
+    assert coil_images.angle()[0, 0, 8:24, 6:18].std() > 0.2  # not one smooth phase
