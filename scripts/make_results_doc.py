@@ -110,10 +110,11 @@ def mri_section(doc: Dict[str, Any]) -> str:
     ]
     for note in result.get("notes", []):
         out.append(f"\n- {note}")
+    rows_of = list(MRI_ROWS) + [(name, _method_label(name, s)) for name in (s.get("method_variants") or {})]
     for label, group in summarise(result["problems"]).items():
         out.append(f"\n#### {label}: mean over {len(group['problems'])} problems ({', '.join(group['problems'])})\n")
         rows = []
-        for key, text in MRI_ROWS:
+        for key, text in rows_of:
             row = group["methods"].get(key)
             if row is None:
                 continue
@@ -127,14 +128,14 @@ def mri_section(doc: Dict[str, Any]) -> str:
                           "vs tuned L1 (mean / worst)",
                           "worst PSNR(T) - PSNR(T/2)"], rows, 3))
         for pair, changes in group.get("size_change", {}).items():
-            out.append(f"\nSize: the margin over L1-wavelet from {pair} changes by " + ", ".join(
+            out.append(f"\nSize: the margin over L1-wavelet (automatic lambda) from {pair} changes by " + ", ".join(
                 f"{name} {value:+.2f}" for name, value in changes.items()) + " dB.")
     for name, problem in result["problems"].items():
         p = problem["problem"]
         out.append(f"\n#### {name}: {p['what']}; {p['mask']}, centre fraction {p['center_fraction']:.3f}, sampled "
                    f"{100 * p['sampled_fraction']:.1f}% of k-space\n")
         rows = []
-        for key, text in MRI_ROWS:
+        for key, text in rows_of:
             e = problem["methods"].get(key)
             if e is None:
                 continue

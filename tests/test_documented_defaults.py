@@ -15,7 +15,7 @@ import yaml
 
 from ugodit_pl.apps.reconstruct import DEFAULT_STEPS, parse_args
 from ugodit_pl.methods import ASeqDIP, DIP, ReferenceGuidedDIP, SelfGuidedDIP, UGoDITFit, UGoDITPretrain
-from ugodit_pl.methods.defaults import DEFAULT_ALPHA, DEFAULT_INPUT_LR, DEFAULT_LR, SEQUENTIAL_DEFAULTS
+from ugodit_pl.methods.defaults import DEFAULT_ALPHA, DEFAULT_INPUT_LR, DEFAULT_LR, DEFAULT_NUM_DRAWS, SEQUENTIAL_DEFAULTS
 from ugodit_pl.methods.inputs import INPUT_INITS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,8 @@ def library_default(method: str, key: str, network: str):
     if method in ("ASeqDIP", "UGoDITPretrain", "UGoDITFit"):
         return SEQUENTIAL_DEFAULTS[network].get(key)
     if method == "SelfGuidedDIP":
-        return {"alpha": DEFAULT_ALPHA, "input_lr": DEFAULT_INPUT_LR, "lr": DEFAULT_LR}.get(key, {}).get(network)
+        return {"alpha": DEFAULT_ALPHA, "input_lr": DEFAULT_INPUT_LR, "lr": DEFAULT_LR,
+                "num_draws": DEFAULT_NUM_DRAWS}.get(key, {}).get(network)
     return DEFAULT_LR[network] if key == "lr" else None
 
 
@@ -40,7 +41,7 @@ def test_config_values_are_the_library_defaults_or_say_they_are_not(path):
     network = args.get("network") or ("unet" if path.name.startswith("mri_") else "skip")
     lines = path.read_text().splitlines()
     checked = 0
-    for key in ("lam", "lr", "alpha", "input_lr"):
+    for key in ("lam", "lr", "alpha", "input_lr", "num_draws"):
         expected = library_default(method, key, network)
         if key not in args or expected is None:
             continue

@@ -44,6 +44,13 @@ DEFAULT_INPUT_LR = {"unet": 1e-3, "skip": 0.01}
 #: more than the data here and held the output near A^H y: panel sweep in docs/RESULTS.md decisions).
 DEFAULT_ALPHA = {"unet": 0.5, "skip": 2.0}
 
+#: Self-Guided DIP's J, the noisy copies of the input averaged per step: the paper's 4 for the skip
+#: net; 1 for the MRI U-Net, where each step costs J forward and backward passes and Adam averages
+#: the single draws over steps anyway. On the real-phase MRI panel (600 steps, docs/RESULTS.md
+#: decision 11) J = 1 gave 23.63 / 21.82 dB (4x / 8x means) against 23.68 / 21.85 dB with J = 4, in
+#: a quarter of the time: about aSeqDIP's time per step instead of 3.9x.
+DEFAULT_NUM_DRAWS = {"unet": 1, "skip": 4}
+
 
 def default_residual(network: str, input_init: str) -> bool:
     """``residual=None``: f(z) = z + g(z) for the U-Net with an image input (see ``ReconstructionMethod``).

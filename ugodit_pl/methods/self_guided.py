@@ -12,7 +12,7 @@ weights', and checkpoints hold its optimiser state.
 
 >>> method = SelfGuidedDIP(num_measurements=1, network="unet", network_args={"channels": [4, 8, 8, 8]})
 >>> (method.alpha, method.num_draws, method.input_lr, method.residual)
-(0.5, 4, 0.001, True)
+(0.5, 1, 0.001, True)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from ugodit_pl.arguments import non_negative, positive, whole
 from ugodit_pl.methods.base import ReconstructionMethod
 from ugodit_pl.methods.batches import Step
-from ugodit_pl.methods.defaults import DEFAULT_ALPHA, DEFAULT_INPUT_LR, network_default
+from ugodit_pl.methods.defaults import DEFAULT_ALPHA, DEFAULT_INPUT_LR, DEFAULT_NUM_DRAWS, network_default
 from ugodit_pl.methods.draws import SELF_GUIDANCE, row_random
 from ugodit_pl.methods.networks import per_measurement_networks
 
@@ -34,7 +34,8 @@ class SelfGuidedDIP(ReconstructionMethod):
 
     Args:
         alpha: weight of ||m(z) - z||; None = ``DEFAULT_ALPHA`` for the network.
-        num_draws: J, noise draws averaged per step (3 or 4 in the paper).
+        num_draws: J, noise draws averaged per step (3 or 4 in the paper); None = ``DEFAULT_NUM_DRAWS``
+            for the network (1 for the MRI U-Net: the same PSNR at a quarter of the cost).
         noise_std: sigma_eta, the std of the input noise, in normalised units (the input's
             percentile scale is 1 for MRI; images are in [0, 1]).
         input_lr: Adam learning rate of the input z; None = ``DEFAULT_INPUT_LR`` for the network
@@ -54,7 +55,7 @@ class SelfGuidedDIP(ReconstructionMethod):
         self,
         *,
         alpha: Optional[float] = None,
-        num_draws: int = 4,
+        num_draws: Optional[int] = None,
         noise_std: float = 0.05,
         input_lr: Optional[float] = None,
         input_init: str = "measurement",
@@ -62,7 +63,8 @@ class SelfGuidedDIP(ReconstructionMethod):
     ) -> None:
         super().__init__(input_init=input_init, **kwargs)
         self.alpha = non_negative("alpha", network_default(DEFAULT_ALPHA, self.network_name) if alpha is None else alpha)
-        self.num_draws = whole("num_draws", num_draws, minimum=1)
+        self.num_draws = whole("num_draws", network_default(DEFAULT_NUM_DRAWS, self.network_name)
+                               if num_draws is None else num_draws, minimum=1)
         self.noise_std = non_negative("noise_std", noise_std)
         self.input_lr = positive("input_lr", network_default(DEFAULT_INPUT_LR, self.network_name)
                                  if input_lr is None else input_lr)

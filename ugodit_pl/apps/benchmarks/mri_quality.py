@@ -473,8 +473,11 @@ def _problem_info(entry: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, Any
 
 def _cost(task: Dict[str, Any]) -> float:
     height, width = task["entry"]["crop"] or panel.ANATOMIES[task["entry"]["anatomy"]][1]
-    method = variant_of(task["method"], task["settings"])[0] if task["kind"] == "network" else None
-    factor = {"classical": 0.1, "deepinv": 1.5, "network": 3.5 if method == "self_guided_dip" else 1.0}
+    draws = 1.0
+    if task["kind"] == "network":
+        method, args, _ = variant_of(task["method"], task["settings"])
+        draws = float(args.get("num_draws") or 1) if method == "self_guided_dip" else 1.0  # J passes per step
+    factor = {"classical": 0.1, "deepinv": 1.5, "network": draws}
     return height * width * factor[task["kind"]]
 
 
