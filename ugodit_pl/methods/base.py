@@ -137,7 +137,9 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         tv_weight: 0 (off: the papers' objectives), or the weight of a sparsity term added to every
             method's objective: the total variation of the network output per pixel
             (``ugodit_pl.methods.losses.total_variation``), in the units of the data term (about
-            2 x the lambda of L1 compressed sensing on a max-1 image).
+            2 x the lambda of L1 compressed sensing on a max-1 image). On the real-phase MRI panel
+            0.002 gained 0.1 to 0.5 dB on every 4x problem for every U-Net method and lost 0.15 to
+            0.25 dB on the brain at 8x (docs/RESULTS.md decision 11), so it is not the default.
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).
