@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ugodit_pl.arguments import check_choice
 from ugodit_pl.atomic import atomic_path
 from ugodit_pl.complex import fft2c, ifft2c
 
@@ -161,6 +162,7 @@ def write_simulated_mri(
     source: str = "",
     acquisition: str = "SIMULATED",
     phase_reference: Optional[np.ndarray] = None,
+    phase_across_slices: str = "independent",
 ) -> Path:
     """Write (S, H, W) magnitude images (each scaled to maximum 1) as a simulated multi-coil fastMRI file.
 
@@ -168,6 +170,12 @@ def write_simulated_mri(
     one smooth random quadratic, unless ``phase_reference`` (a complex image of a real scan) is given:
     then it is :func:`realistic_phase`, that scan's low-resolution phase plus fine random texture. One
     smooth phase flatters image priors; real phase varies across the object.
+
+    ``phase_across_slices``: ``"independent"`` draws each slice's phase on its own (slices that are not
+    neighbours, e.g. a panel's test slice and its pre-training group); ``"shared"`` draws the slowly
+    varying part once for the file (the quadratic, or the reference's low-resolution phase with its flips
+    and offset) and only the fine texture per slice, as in the neighbouring slices of one real scan,
+    whose phase (field inhomogeneity, receive chain) changes little from one slice to the next.
 
     >>> import tempfile
     >>> path = write_simulated_mri(Path(tempfile.mkdtemp()) / "a.h5", np.ones((2, 16, 12)), num_coils=4)
@@ -181,14 +189,24 @@ def write_simulated_mri(
         raise ValueError(f"magnitudes must be finite (S, H, W) images with H, W >= 8, got shape {magnitudes.shape}")
     if num_coils < 1 or not noise_std >= 0:
         raise ValueError(f"need num_coils >= 1 and noise_std >= 0, got {num_coils} and {noise_std}")
+    check_choice("phase_across_slices", phase_across_slices, PHASE_ACROSS_SLICES)
     slices, height, width = magnitudes.shape
     maps = torch.from_numpy(sigpy.mri.birdcage_maps((num_coils, height, width)).astype(np.complex64))
     kspace = np.empty((slices, num_coils, height, width), dtype=np.complex64)
+    seeds = np.atleast_1d(seed).tolist()
+    shared = None
+    if phase_across_slices == "shared":  # its own stream: the slices' noise stays what it was
+        volume_rng = np.random.default_rng([*seeds, slices, 2**31])
+        shared = (_smooth_phase((height, width), volume_rng) if phase_reference is None
+                  else low_resolution_phase(phase_reference, (height, width), volume_rng))
     for s, magnitude in enumerate(magnitudes):
-        rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), s])
+        rng = np.random.default_rng([*seeds, s])
         peak = float(magnitude.max()) or 1.0
-        angle = (_smooth_phase((height, width), rng) if phase_reference is None
-                 else realistic_phase(phase_reference, (height, width), rng))
+        if shared is None:
+            angle = (_smooth_phase((height, width), rng) if phase_reference is None
+                     else realistic_phase(phase_reference, (height, width), rng))
+        else:
+            angle = shared if phase_reference is None else shared + phase_texture((height, width), rng)
         phase = np.exp(1j * angle)
         image = torch.from_numpy((magnitude / peak * phase).astype(np.complex64))
         coil_kspace = fft2c(maps * image).numpy()
@@ -202,6 +220,7 @@ def write_simulated_mri(
         "patient_id": f"simulated_seed{np.atleast_1d(seed).tolist()}",
         "source": f"{source}; sigpy birdcage coil maps, "
                   f"{'smooth random phase' if phase_reference is None else 'realistic phase (a real scan, low-pass, plus texture)'}"
+                  f"{', its slowly varying part shared by the slices' if phase_across_slices == 'shared' else ''}"
                   f", complex noise std {noise_std}",
     }
     path = Path(path)
@@ -308,25 +327,37 @@ def _support(size: tuple[int, int]) -> np.ndarray:
     return (0.5 * (1.0 - np.tanh((radius - 1.0) / 0.03))).astype(np.float32)
 
 
+#: How the slices of one simulated file share their phase (``write_simulated_mri``).
+PHASE_ACROSS_SLICES = ("independent", "shared")
 #: The k-space block of the real scan kept for its low-resolution phase, and the fine texture added.
 REFERENCE_PHASE_BLOCK = 16
 TEXTURE_STD, TEXTURE_WIDTH = 0.3, 1.5
 
 
 def realistic_phase(reference: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A phase map (H, W) in radians: a real scan's low-resolution phase plus fine random texture.
-
-    The low-resolution phase is the angle of the central ``REFERENCE_PHASE_BLOCK`` x
-    ``REFERENCE_PHASE_BLOCK`` k-space block of ``reference`` (complex (H0, W0), magnitude-weighted,
-    so that the background does not count), zero-padded to ``size``; ``rng`` flips it at random and
-    adds a random offset and a Gaussian random field of ``TEXTURE_STD`` radians correlated over
-    ``TEXTURE_WIDTH`` pixels (the fine phase of vessels and tissue boundaries).
+    """A phase map (H, W) in radians: a real scan's low-resolution phase plus fine random texture
+    (:func:`low_resolution_phase` + :func:`phase_texture`, both drawn from ``rng``).
 
     >>> yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 30), indexing="ij")
     >>> reference = np.exp(1j * 2 * (xx + yy ** 2))
     >>> phase = realistic_phase(reference, (24, 20), np.random.default_rng(0))
     >>> phase.shape, bool(np.isfinite(phase).all())
     ((24, 20), True)
+    """
+    low = low_resolution_phase(reference, size, rng, offset=False)
+    return low + phase_texture(size, rng) + rng.uniform(-np.pi, np.pi)
+
+
+def low_resolution_phase(reference: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
+                         offset: bool = True) -> np.ndarray:
+    """A real scan's low-resolution phase (H, W), randomly flipped (and offset, with ``offset``).
+
+    It is the angle of the central ``REFERENCE_PHASE_BLOCK`` x ``REFERENCE_PHASE_BLOCK`` k-space block of
+    ``reference`` (complex (H0, W0), magnitude-weighted, so that the background does not count),
+    zero-padded to ``size``.
+
+    >>> low_resolution_phase(np.exp(1j * np.ones((40, 30))), (24, 20), np.random.default_rng(0)).shape
+    (24, 20)
     """
     reference = np.asarray(reference)
     if reference.ndim != 2 or not np.iscomplexobj(reference) or not np.isfinite(reference).all():
@@ -344,11 +375,21 @@ def realistic_phase(reference: np.ndarray, size: tuple[int, int], rng: np.random
         low = low[::-1]
     if rng.random() < 0.5:
         low = low[:, ::-1]
+    return low + rng.uniform(-np.pi, np.pi) if offset else low
+
+
+def phase_texture(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Fine random phase (H, W): a Gaussian random field of ``TEXTURE_STD`` radians correlated over
+    ``TEXTURE_WIDTH`` pixels (the fine phase of vessels and tissue boundaries).
+
+    >>> round(float(phase_texture((32, 24), np.random.default_rng(0)).std()), 6)
+    0.3
+    """
+    height, width = size
     fy, fx = np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij")
     kernel = np.exp(-2 * (np.pi * TEXTURE_WIDTH) ** 2 * (fx ** 2 + fy ** 2))
     field = np.real(np.fft.ifft2(np.fft.fft2(rng.standard_normal((height, width))) * kernel))
-    texture = field * (TEXTURE_STD / (field.std() or 1.0))
-    return low + texture + rng.uniform(-np.pi, np.pi)
+    return field * (TEXTURE_STD / (field.std() or 1.0))
 
 
 def _smooth_phase(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

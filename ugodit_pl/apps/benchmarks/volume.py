@@ -1,8 +1,10 @@
 """``ugodit benchmark volume``: whole volumes, slice after slice, and what they cost.
 
 Volumes (real MRI magnitude slices that installed packages ship, simulated into 8-coil k-space by
-``write_simulated_mri``: birdcage maps, a smooth random phase per slice, complex noise; each slice
-scaled to its own maximum; the coil maps are estimated by ESPIRiT from each undersampled slice):
+``write_simulated_mri``: birdcage maps, complex noise, and a realistic phase shared by the slices of a
+volume as in one real scan: the real brain's low-resolution phase of ../shared/data, drawn once per
+volume, plus fine texture drawn per slice (``phase_across_slices="shared"``); each slice scaled to its
+own maximum; the coil maps are estimated by ESPIRiT from each undersampled slice):
 
 - ``epi``: nibabel's ``example4d.nii.gz``, the 24 axial echo-planar brain slices of its first frame (128 x 96);
 - ``dwi``: dipy's ``S0_10slices.nii.gz``, 10 contiguous axial slices of the b = 0 image of a real
@@ -52,19 +54,19 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": {"volumes": {"epi": [11, 12]}, "crop": (32, 32), "network_args": {"channels": [4, 8, 8, 8]},
              "methods": ["aseqdip"], "cold_steps": 6, "warm_steps": 3, "patience": 2, "check_every": 1,
              "holdout_fraction": 0.3, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3, 1e-2],
-             "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "measurement"},
+             "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "neighbour"},
     # for 2 CPU cores (about 25 minutes): 8 slices of each volume, aSeqDIP and UGoDIT
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
               "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "measurement"},
+              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "neighbour"},
     # for a GPU: every slice at the native size, all four methods
     "full": {"volumes": {"epi": list(range(24)), "dwi": list(range(10))}, "crop": None,
              "network_args": {"channels": [32, 64, 128, 128]}, "methods": list(VOLUME_METHODS),
              "cold_steps": 1000, "warm_steps": 300, "patience": 150, "check_every": 10, "holdout_fraction": 0.15,
              "eval_every": 50, "pretrain_steps": 1000, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-             "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "measurement"},
+             "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "neighbour"},
 }
 
 
@@ -87,14 +89,16 @@ def volume_slices(name: str) -> Tuple[np.ndarray, str]:
     raise ValueError(f"unknown volume {name!r}; known: epi, dwi")
 
 
-def volume_file(name: str, folder: Path) -> Tuple[Path, str]:
-    """The volume simulated into 8-coil k-space (a fastMRI-format file), written once into ``folder``."""
+def volume_file(name: str, folder: Path, root: Path) -> Tuple[Path, str]:
+    """The volume simulated into 8-coil k-space (a fastMRI-format file), written once into ``folder``, with
+    the phase of the real brain under ``root`` (see the module)."""
     from ugodit_pl.datamodules.demo import write_simulated_mri
 
     slices, source = volume_slices(name)
-    path = folder / f"volume_{name}.h5"
+    path = folder / f"volume_{name}_shared_phase.h5"
     if not path.is_file():
-        write_simulated_mri(path, slices, num_coils=8, seed=11, source=source, acquisition="SIMULATED_FROM_REAL_MRI")
+        write_simulated_mri(path, slices, num_coils=8, seed=11, source=source, acquisition="SIMULATED_FROM_REAL_MRI",
+                            phase_reference=panel.real_brain_image(root), phase_across_slices="shared")
     return path, source
 
 
@@ -285,7 +289,7 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
             log(f"  pre-trained UGoDIT on {about} ({info['seconds']:.0f} s)")
         for name, indices in settings["volumes"].items():
             try:
-                path, source = volume_file(name, folder)
+                path, source = volume_file(name, folder, root)
             except FileNotFoundError as error:
                 results["notes"].append(f"volume {name} skipped: {error}")
                 log(f"  volume {name} skipped: {error}")
