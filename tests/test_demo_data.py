@@ -12,7 +12,9 @@ from PIL import Image
 
 from fastmri_fakes import ifft2c_np
 from ugodit_pl.datamodules import DegradedImageDataModule, FastMRIDataModule, demo_images, make_mri_demo
+from ugodit_pl.complex import ifft2c
 from ugodit_pl.datamodules.demo import DEMO_IMAGE_NAMES, MRI_IMAGE_NAMES, bundled_image, bundled_image_names
+from ugodit_pl.datamodules.demo import realistic_phase, write_simulated_mri
 from ugodit_pl.datamodules.fastmri_io import parse_ismrmrd_sizes
 
 TINY = dict(num_files=2, num_slices=2, size=(32, 32), num_coils=4)
@@ -130,3 +132,56 @@ def test_real_mri_demo_holds_the_real_slices_padded_and_resized(tmp_path: Path) 
     with pytest.raises(ValueError, match="unknown real MRI source 'knee'"):
         make_real_mri_demo(tmp_path / "bad.h5", [("knee", 0)])
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_realistic_phase_is_seeded_and_adds_texture_to_the_reference_phase():
+    flat = np.ones((40, 30), dtype=np.complex64) * np.exp(1j * 0.5)
+    first = realistic_phase(flat, (32, 24), np.random.default_rng(0))
+    assert np.array_equal(first, realistic_phase(flat, (32, 24), np.random.default_rng(0)))
+    assert not np.array_equal(first, realistic_phase(flat, (32, 24), np.random.default_rng(1)))
+    assert first.std() == pytest.approx(0.3, rel=1e-6)  # a flat reference leaves the texture alone
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 30), indexing="ij")
+    ramp = realistic_phase(np.exp(1j * 1.5 * yy), (32, 24), np.random.default_rng(0))
+    rows = ramp.mean(axis=1)
+    assert abs(np.corrcoef(rows, np.arange(32))[0, 1]) > 0.9  # the reference's low-resolution phase is kept
+    with pytest.raises(ValueError, match="phase_reference must be a finite complex"):
+        realistic_phase(np.ones((40, 30)), (32, 24), np.random.default_rng(0))
+
+
+def test_simulated_mri_with_a_phase_reference_keeps_the_magnitude(tmp_path):
+    magnitude = np.zeros((1, 32, 24), dtype=np.float32)
+    magnitude[0, 8:24, 6:18] = 1.0
+    reference = np.exp(1j * np.linspace(0, 3, 40 * 30)).reshape(40, 30)
+    path = write_simulated_mri(tmp_path / "a.h5", magnitude, num_coils=2, noise_std=0.0, phase_reference=reference)
+    with h5py.File(path) as handle:
+        coil_images = ifft2c(torch.from_numpy(handle["kspace"][()]))
+        assert "realistic phase" in handle.attrs["source"]
+        rss = handle["reconstruction_rss"][()]
+    np.testing.assert_allclose(rss[0], magnitude[0], atol=1e-5)
+    assert coil_images.angle()[0, 0, 8:24, 6:18].std() > 0.2  # not one smooth phase
+
+
+def _slice_phases(path: Path) -> np.ndarray:
+    """(S, H, W) phase of each slice's coil-1 image of a simulated file."""
+    with h5py.File(path) as handle:
+        return np.angle(ifft2c(torch.from_numpy(handle["kspace"][()]))[:, 0].numpy())
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_slices_of_a_volume_share_the_slowly_varying_phase(tmp_path, reference):
+    magnitude = np.zeros((3, 32, 24), dtype=np.float32)
+    magnitude[:, 8:24, 6:18] = 1.0
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 30), indexing="ij")
+    options = dict(num_coils=2, noise_std=0.0, phase_reference=np.exp(2j * (xx + yy ** 2)) if reference else None)
+    shared = _slice_phases(write_simulated_mri(tmp_path / "s.h5", magnitude, phase_across_slices="shared", **options))
+    independent = _slice_phases(write_simulated_mri(tmp_path / "i.h5", magnitude, **options))
+    inside = (slice(8, 24), slice(6, 18))
+    spread = lambda phases: [np.angle(np.exp(1j * (phases[s] - phases[0])))[inside].std() for s in (1, 2)]  # noqa: E731
+    offsets = lambda phases: [abs(np.angle(np.exp(1j * (phases[s] - phases[0])))[inside].mean()) for s in (1, 2)]  # noqa: E731
+    if reference:  # one low-resolution phase and offset; only the texture (0.3 rad per slice) differs
+        assert max(offsets(shared)) < 0.1 and 0.3 < min(spread(shared)) and max(spread(shared)) < 0.6
+    else:  # one smooth phase, identical in every slice
+        assert max(spread(shared)) < 1e-4 and max(offsets(shared)) < 1e-4
+    assert max(offsets(independent)) > 0.3  # each slice its own draw
+    with pytest.raises(ValueError, match="phase_across_slices must be one of"):
+        write_simulated_mri(tmp_path / "x.h5", magnitude, phase_across_slices="per_volume")

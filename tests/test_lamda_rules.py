@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.demo import realistic_phase, write_simulated_mri
 from ugodit_pl import classical, lamda_rules
 from ugodit_pl.complex import fft2c, ifft2c
 
@@ -111,32 +110,3 @@ def test_bad_arguments_are_named(kwargs, message):
     k, mask, maps = problem(four_fold())
     with pytest.raises(ValueError, match=message):
         lamda_rules.automatic_lamda(k, mask, maps, **kwargs)
-
-
-def test_realistic_phase_is_seeded_and_adds_texture_to_the_reference_phase():
-    flat = np.ones((40, 30), dtype=np.complex64) * np.exp(1j * 0.5)
-    first = realistic_phase(flat, (32, 24), np.random.default_rng(0))
-    assert np.array_equal(first, realistic_phase(flat, (32, 24), np.random.default_rng(0)))
-    assert not np.array_equal(first, realistic_phase(flat, (32, 24), np.random.default_rng(1)))
-    assert first.std() == pytest.approx(0.3, rel=1e-6)  # a flat reference leaves the texture alone
-    yy, xx = np.meshgrid(np.linspace(-1, 1, 40), np.linspace(-1, 1, 30), indexing="ij")
-    ramp = realistic_phase(np.exp(1j * 1.5 * yy), (32, 24), np.random.default_rng(0))
-    rows = ramp.mean(axis=1)
-    assert abs(np.corrcoef(rows, np.arange(32))[0, 1]) > 0.9  # the reference's low-resolution phase is kept
-    with pytest.raises(ValueError, match="phase_reference must be a finite complex"):
-        realistic_phase(np.ones((40, 30)), (32, 24), np.random.default_rng(0))
-
-
-def test_simulated_mri_with_a_phase_reference_keeps_the_magnitude(tmp_path):
-    import h5py
-
-    magnitude = np.zeros((1, 32, 24), dtype=np.float32)
-    magnitude[0, 8:24, 6:18] = 1.0
-    reference = np.exp(1j * np.linspace(0, 3, 40 * 30)).reshape(40, 30)
-    path = write_simulated_mri(tmp_path / "a.h5", magnitude, num_coils=2, noise_std=0.0, phase_reference=reference)
-    with h5py.File(path) as handle:
-        coil_images = ifft2c(torch.from_numpy(handle["kspace"][()]))
-        assert "realistic phase" in handle.attrs["source"]
-        rss = handle["reconstruction_rss"][()]
-    np.testing.assert_allclose(rss[0], magnitude[0], atol=1e-5)
-    assert coil_images.angle()[0, 0, 8:24, 6:18].std() > 0.2  # not one smooth phase

@@ -135,10 +135,10 @@ def test_two_nodes_write_the_same_volume_as_one_process(volume, weights, tmp_pat
     np.testing.assert_allclose(volume_of(nodes), volume_of(single), rtol=1e-4, atol=1e-6)
 
 
-def test_warm_input_from_the_neighbour(volume, weights, tmp_path):
+def test_warm_input_from_the_neighbour_by_default(volume, weights, tmp_path):
     own, neighbour = tmp_path / "own", tmp_path / "neighbour"
-    assert main(args(volume, weights, own, "--warm-start", "--slices", "0:2")) == 0
-    assert main(args(volume, weights, neighbour, "--warm-start", "--warm-input", "neighbour", "--slices", "0:2")) == 0
+    assert main(args(volume, weights, own, "--warm-start", "--warm-input", "measurement", "--slices", "0:2")) == 0
+    assert main(args(volume, weights, neighbour, "--warm-start", "--slices", "0:2")) == 0  # auto: the neighbour's
     first, second = volume_of(own), volume_of(neighbour)
     np.testing.assert_array_equal(first[0], second[0])  # the first slice has no neighbour
     assert np.isfinite(second).all() and not np.array_equal(first[1], second[1])

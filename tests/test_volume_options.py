@@ -12,7 +12,7 @@ import torch
 
 from method_problems import TINY_UNET, loader, mri_batch, sr_batch
 from ugodit_pl.callbacks import HeldOutEarlyStopping
-from ugodit_pl.methods import ASeqDIP, SelfGuidedDIP
+from ugodit_pl.methods import DIP, ASeqDIP, SelfGuidedDIP
 from ugodit_pl.methods.holdout import holdout_error, holdout_mask, split_measurement
 
 
@@ -186,7 +186,9 @@ def test_a_warm_start_carries_the_networks_and_can_start_from_the_neighbours_ima
         assert torch.equal(a, b)
     batch = mri_batch(num=1, size=32, seed=2)
     neighbour = fit(aseqdip(seed=9).warm_start(state, input="neighbour"), batch, 1)
-    own = fit(aseqdip(seed=9).warm_start(state), batch, 1)
+    own = fit(aseqdip(seed=9).warm_start(state, input="measurement"), batch, 1)
+    auto = fit(aseqdip(seed=9).warm_start(state), batch, 1)  # aSeqDIP's input is A^H y: auto takes the neighbour's
+    assert torch.equal(auto.fit_state.inputs, neighbour.fit_state.inputs)
     scale = neighbour.fit_state.scales[0]
     expected = batch["operator"].data_consistent(state["reconstruction"][None].float() / scale.float(),
                                                  batch["y"] / scale.float())
@@ -194,6 +196,19 @@ def test_a_warm_start_carries_the_networks_and_can_start_from_the_neighbours_ima
     assert not torch.allclose(own.fit_state.inputs, neighbour.fit_state.inputs)
     loaded = load_warm_state(save_warm_state(state, Path(tempfile.mkdtemp()) / "w.pt"))
     assert all(torch.equal(loaded["modules"]["nets"][k], v) for k, v in state["modules"]["nets"].items())
+
+
+def test_the_automatic_warm_input_keeps_dips_noise_and_neighbour_is_refused_for_it():
+    def dip(**kwargs):
+        return DIP(**{"num_measurements": 1, "network": "unet", "network_args": TINY_UNET, "seed": 9, **kwargs})
+
+    state = fit(dip(seed=0), mri_batch(num=1, size=32, seed=1), 2).warm_state()
+    batch = mri_batch(num=1, size=32, seed=2)
+    auto = fit(dip().warm_start(state), batch, 1)
+    own = fit(dip().warm_start(state, input="measurement"), batch, 1)
+    assert torch.equal(auto.fit_state.inputs, own.fit_state.inputs)
+    with pytest.raises(ValueError, match="starts from noise"):
+        dip().warm_start(state, input="neighbour")
 
 
 @pytest.mark.parametrize("make, match", [

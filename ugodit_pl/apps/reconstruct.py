@@ -50,6 +50,7 @@ from ugodit_pl.apps.io import write_json
 from ugodit_pl.arguments import whole
 from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
 from ugodit_pl.methods.defaults import SEQUENTIAL_DEFAULTS
+from ugodit_pl.methods.warm import INPUTS
 
 SUMMARY = "reconstruct_summary.json"
 DEFAULT_STEPS = {"mri": 2000, "image": 20000}
@@ -97,7 +98,7 @@ class Plan:
     overwrite: bool = False
     warm_start: bool = False
     warm_steps: Optional[int] = None  # steps of a warm-started chunk (None: ``steps``)
-    warm_input: str = "measurement"  # or "neighbour": the input starts from the neighbour's image
+    warm_input: str = "auto"  # where a warm slice's input starts (``ugodit_pl.methods.warm.INPUTS``)
     stop: str = "none"  # "heldout": HeldOutEarlyStopping on held-out k-space (``holdout_fraction``)
     holdout_fraction: float = 0.0
     patience: int = 200
@@ -215,7 +216,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         trainer_args.setdefault("strategy", "ddp")
     if args.warm_steps is not None:
         whole("--warm-steps", args.warm_steps, minimum=1)
-    if (args.warm_steps is not None or args.warm_input != "measurement") and not args.warm_start:
+    if (args.warm_steps is not None or args.warm_input is not None) and not args.warm_start:
         raise ValueError("--warm-steps and --warm-input set how slices are warm-started: give --warm-start too")
     holdout = 0.0
     if args.stop == "heldout":
@@ -227,7 +228,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         model_args["holdout_fraction"] = holdout
     plan = Plan(kind, items, weights, Path(args.out), int(steps), int(args.chunk_size), model_args, data_args,
                 trainer_args, bool(args.overwrite), warm_start=bool(args.warm_start), warm_steps=args.warm_steps,
-                warm_input=args.warm_input,
+                warm_input=args.warm_input or "auto",
                 stop=args.stop, holdout_fraction=holdout, patience=whole("--patience", args.patience, minimum=1))
     check_output(plan.out)
     check_data(plan)
@@ -638,9 +639,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "slice is kept in OUT/.warm so that an interrupted run resumes its chains)")
     parser.add_argument("--warm-steps", type=int, default=None,
                         help="steps of a warm-started slice (default: --steps)")
-    parser.add_argument("--warm-input", default="measurement", choices=("measurement", "neighbour"),
-                        help="where a warm-started slice's input starts: its own A^H y (default), or the neighbour's "
-                             "image with the slice's measured k-space put in")
+    parser.add_argument("--warm-input", default=None, choices=INPUTS,
+                        help="where a warm-started slice's input starts: its own A^H y (measurement), the neighbour's "
+                             "image with the slice's measured k-space put in (neighbour), or auto (default): the "
+                             "neighbour's where the method's input is A^H y (aSeqDIP, Self-Guided DIP, UGoDIT), its "
+                             "own otherwise (DIP's noise)")
     parser.add_argument("--stop", default="none", choices=("none", "heldout"),
                         help="heldout: hold out --holdout-fraction of the sampled k-space, stop a slice when its "
                              "error there has not fallen for --patience steps, keep its best reconstruction (with "

@@ -217,6 +217,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self._checked_batch: Optional[CheckedBatch] = None
         self._warm_image_shape: Optional[Tuple[int, int]] = None
         self._warm_inputs: Dict[int, torch.Tensor] = {}  # row -> a neighbour's reconstruction (warm_start)
+        self._warm_input_rule = "auto"  # warm_start's ``input``
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
@@ -327,14 +328,14 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
             reference = apply_scale(reference, scale)
         z = initial_input(self.input_init, operator, y, channels=self.input_channel_count, seed=self.seed,
                           rows=rows.tolist(), reference=reference)
-        z = self._warm_input(z, operator, y, scale, rows.tolist())
-        self._check_network_input(z, batch)
         if self._warm_image_shape is not None and tuple(z.shape[-2:]) != self._warm_image_shape:
             raise ValueError(
                 f"{batch.get('name') or 'the measurements'}: a warm start from a fit of {self._warm_image_shape[0]} x "
                 f"{self._warm_image_shape[1]} images, but these are {z.shape[-2]} x {z.shape[-1]}: warm-start from a "
                 f"neighbour of the same size"
             )
+        z = self._warm_input(z, operator, y, scale, rows.tolist())
+        self._check_network_input(z, batch)
         state = self.fit_state
         state.fingerprints = measurement_fingerprints(batch["y"], rows, self.num_measurements)
         self._checked_batch = None

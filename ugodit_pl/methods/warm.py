@@ -20,6 +20,12 @@ is applied; one from another image size when the fit is prepared (before any ste
 ``warm_start(state, input="neighbour")`` also starts the new fit's input from the neighbour's
 reconstruction with the new slice's own measured k-space put in, z_0 = S^H F^H((1 - P) F S x_prev + P y),
 instead of A^H y: the unmeasured frequencies come from the neighbour, the measured ones from the slice.
+``input="auto"`` (the default) does so where it applies, a method whose input is A^H y
+(``input_init="measurement"``) on an operator that can put measured samples in (MRI, inpainting), and
+keeps the fit's own input otherwise (DIP's noise, a reference image, deblurring). Why: aSeqDIP's image
+lives in its input (a residual U-Net on A^H y), so the neighbour's weights alone carry almost nothing;
+with its image as input a warm aSeqDIP slice reaches the cold fit's PSNR in a third of its steps
+(``ugodit benchmark volume``; decision 9 of ``benchmarks/results/decisions.md``).
 
 >>> import torch
 >>> from ugodit_pl.methods import ASeqDIP
@@ -49,9 +55,9 @@ from ugodit_pl.methods.transferable import _plain
 from ugodit_pl.operators.base import Operator
 
 FORMAT = "ugodit-pl/warm-state"
-#: Where a warm-started fit's input starts: its own A^H y, or the neighbour's image made consistent with
-#: its own measured k-space.
-INPUTS = ("measurement", "neighbour")
+#: Where a warm-started fit's input starts: its own A^H y (or noise, or reference), the neighbour's image made
+#: consistent with its own measured samples, or ``"auto"``: the neighbour's where that applies (see the module).
+INPUTS = ("auto", "measurement", "neighbour")
 FORMAT_VERSION = 1
 
 
@@ -137,7 +143,8 @@ def load_warm_state(path: Union[str, Path]) -> Dict[str, Any]:
 
 class WarmStarts:
     """The warm-start API of ``ReconstructionMethod`` (a mixin: it reads ``warm_modules``, ``input_init``,
-    ``num_measurements`` and ``fit_state`` and keeps ``_warm_image_shape`` and ``_warm_inputs``, which the
+    ``num_measurements`` and ``fit_state`` and keeps ``_warm_image_shape``, ``_warm_inputs`` and
+    ``_warm_input_rule``, which the
     method initialises; ``prepare`` calls ``_warm_input`` and checks the image size)."""
 
     def warm_state(self, row: int = 0) -> Dict[str, Any]:
@@ -146,12 +153,13 @@ class WarmStarts:
         return warm_state(self, row)
 
     def warm_start(self, state: Union[Dict[str, Any], str, "os.PathLike[str]"],
-                   rows: Optional[List[int]] = None, input: str = "measurement") -> Any:
+                   rows: Optional[List[int]] = None, input: str = "auto") -> Any:
         """Start the measurements ``rows`` of this fit (default: all) from a neighbour's ``warm_state()`` (or
         a file saved with ``ugodit_pl.methods.warm.save_warm_state``), before ``trainer.fit``; returns the
         method. Under DDP every process must make the same warm starts (all rows' networks are shared).
-        ``input``: the rows' inputs start from their own measurement (``"measurement"``, A^H y) or from the
-        neighbour's reconstruction with their measured k-space put in (``"neighbour"``; MRI and inpainting).
+        ``input``: the rows' inputs start from their own measurement (``"measurement"``, A^H y), from the
+        neighbour's reconstruction with their measured samples put in (``"neighbour"``; MRI and inpainting),
+        or (``"auto"``) from the neighbour's where the method's input is A^H y and the operator allows it.
 
         Example::
 
@@ -165,26 +173,26 @@ class WarmStarts:
         if not isinstance(state, dict):
             state = load_warm_state(state)
         self._warm_image_shape = apply_warm_state(self, state, rows)
-        if input == "neighbour":
+        self._warm_input_rule = input
+        if input == "neighbour" or (input == "auto" and self.input_init == "measurement"):
             for row in range(self.num_measurements) if rows is None else rows:
                 self._warm_inputs[int(row)] = state["reconstruction"]
         return self
 
     def _warm_input(self, z: torch.Tensor, operator: Operator, y: torch.Tensor, scale: torch.Tensor,
                     rows: List[int]) -> torch.Tensor:
-        """z with the rows that ``warm_start(input="neighbour")`` named started from their neighbour's image."""
+        """z with the rows that ``warm_start(input="neighbour"/"auto")`` named started from their neighbour's image."""
         positions = [k for k, row in enumerate(rows) if row in self._warm_inputs]
         if not positions:
             return z
         if not hasattr(operator, "data_consistent"):
+            if self._warm_input_rule == "auto":
+                return z
             raise ValueError(f"warm_start(input='neighbour') puts the measured samples into the neighbour's image: it "
                              f"needs an operator with data_consistent (MRI, inpainting); {type(operator).__name__} has none")
         z = z.clone()
         for k in positions:
-            image = self._warm_inputs[rows[k]].to(z.device, z.dtype)[None]
-            if tuple(image.shape) != tuple(z[k:k + 1].shape):
-                raise ValueError(f"row {rows[k]}: the neighbour's image is {tuple(image.shape[1:])}, this fit's input "
-                                 f"{tuple(z.shape[1:])}: warm-start from a neighbour of the same size")
+            image = self._warm_inputs[rows[k]].to(z.device, z.dtype)[None]  # its size checked by ``prepare``
             image = image / scale[k].to(z.device, z.dtype) if self._should_normalize(y) else image
             z[k:k + 1] = operator.select([k]).data_consistent(image, y[k:k + 1]).to(z.dtype)
         return z
