@@ -24,7 +24,8 @@ For each method (aSeqDIP, UGoDIT, Self-Guided DIP, DIP at the library's defaults
   carries every measured sample (final projection). The fit runs on to its cap so that the best PSNR
   in hindsight is known, but everything reported (steps, seconds, the image, the state the next slice
   starts from) is what stopping would have given: the rule is applied as the fit goes, at the same
-  checks, and its decision is recorded, not obeyed.
+  checks, and its decision is recorded, not obeyed; the held-out error of every check is kept in the
+  curves, so that other patiences can be judged offline.
 
 plus zero-filled, CG-SENSE and L1-wavelet per slice (lambda at sigpy's default and the oracle-tuned one).
 Reported per volume: fastMRI's volume PSNR / SSIM (the volume's maximum as data range), seconds of
@@ -124,6 +125,7 @@ class _Watch:
         self.steps: List[int] = []
         self.psnr: List[float] = []
         self.seconds: List[float] = []
+        self.holdout: List[Tuple[int, float]] = []  # (step, held-out error) at every check, after a stop too
         self.stop_step: Optional[int] = None
         self.kept: Optional[torch.Tensor] = None
         self.kept_state: Optional[Dict[str, Any]] = None
@@ -149,8 +151,10 @@ class _Watch:
         step = int(trainer.global_step)
         begin = time.perf_counter()
         stopper = self.stopper
-        if stopper is not None and self.stop_step is None and (step % stopper.check_every == 0 or step == trainer.max_steps):
-            if stopper.check(method.holdout_error().cpu(), method.reconstruction, [0], step):
+        if stopper is not None and (step % stopper.check_every == 0 or step == trainer.max_steps):
+            error = method.holdout_error().cpu()
+            self.holdout.append((step, round(float(error[0]), 6)))
+            if self.stop_step is None and stopper.check(error, method.reconstruction, [0], step):
                 self.stop_step = step
                 self.kept = stopper.kept_output([0])
                 self.kept_state = method.warm_state(0)
@@ -195,6 +199,7 @@ def fit_slice(method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
     entry = {"curve": {"steps": watch.steps, "psnr": watch.psnr, "seconds": watch.seconds},
              "best_psnr": watch.psnr[best], "best_step": watch.steps[best]}
     if stop:
+        entry["curve"]["holdout_error"] = watch.holdout  # to judge other patiences offline
         stopped = watch.stop_step is not None
         kept = watch.kept if stopped else stopper.kept_output([0])
         entry.update(steps=watch.stop_step if stopped else int(steps),
