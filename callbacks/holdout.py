@@ -10,12 +10,21 @@ every measured sample, the held-out ones included). Training stops when every me
 ``patience`` steps without a new minimum (a new minimum must beat the old one by ``min_delta``,
 relative); the kept reconstructions then become ``pl_module.final_output``.
 
+Holding out costs data: on the volume benchmark (96 x 72, 4x, 0.2 of the lines outside the
+calibration region held out) the kept images were 0.25 to 0.7 dB below the same chain fitted on
+every sample, and the final projection alone does not take that back. A short refit does: the
+stopped fit's networks and image, fitted on every sample for a quarter of a warm slice's budget,
+took back 0.15 to 0.35 dB (``ugodit reconstruct --stop heldout`` does it, ``--refit-steps``;
+decision 9 of ``benchmarks/results/decisions.md``).
+
 Usage::
 
     method = ASeqDIP(holdout_fraction=0.1)
     stop = HeldOutEarlyStopping(patience=200)
     pl.Trainer(max_steps=3000, callbacks=[stop]).fit(method, datamodule)
     stop.best_step                  # {measurement index: step of the kept reconstruction}
+    refit = ASeqDIP().warm_start(method.warm_state())   # every sample, from the stopped fit
+    pl.Trainer(max_steps=50).fit(refit, datamodule)
 
 >>> HeldOutEarlyStopping(patience=100, check_every=10).state_key
 "HeldOutEarlyStopping{'patience': 100, 'check_every': 10, 'min_delta': 0.001}"

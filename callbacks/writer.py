@@ -179,6 +179,7 @@ class ReconstructionWriter(pl.Callback):
         self._last_ids: List[int] = []
         self._last_signature: Optional[Tuple[Any, ...]] = None
         self._started = 0.0
+        self._earlier = (0, 0.0)  # steps and seconds of an earlier fit that the next one continues (``continues``)
 
     # ----------------------------------------------------------------- paths and queries
     @property
@@ -343,6 +344,14 @@ class ReconstructionWriter(pl.Callback):
             images.update({row: full[row] for row in missing})
         return images
 
+    def continues(self, steps: int, seconds: float) -> None:
+        """The next fit continues an earlier fit of the same rows (e.g. a refit on every sample after a held-out
+        stop): the slices it writes record the ``steps`` and ``seconds`` of both.
+
+        >>> writer = ReconstructionWriter("recons"); writer.continues(steps=180, seconds=4.2)
+        """
+        self._earlier = (int(steps), float(seconds))
+
     # ----------------------------------------------------------------- writing
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if getattr(trainer, "interrupted", False):
@@ -350,8 +359,9 @@ class ReconstructionWriter(pl.Callback):
         images = self._images(pl_module) if self._rows else {}
         method = type(pl_module).__name__
         settings = json.dumps(dict(getattr(pl_module, "hparams", {}) or {}), default=str, sort_keys=True)
-        seconds = time.perf_counter() - self._started
-        record = {"steps": int(trainer.global_step), "fit_seconds": round(seconds, 3),
+        (earlier_steps, earlier_seconds), self._earlier = self._earlier, (0, 0.0)
+        seconds = time.perf_counter() - self._started + earlier_seconds
+        record = {"steps": int(trainer.global_step) + earlier_steps, "fit_seconds": round(seconds, 3),
                   "seconds": round(seconds / max(1, len(self._rows)), 3)}
         failed: List[Union[str, Tuple[str, int]]] = []
         for row, entry in sorted(self._rows.items()):

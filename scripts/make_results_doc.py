@@ -305,12 +305,21 @@ VOLUME_MODES = (("cold", "cold, fixed steps"), ("warm", "warm starts, fixed step
                 ("warm_stop", "warm starts + held-out stopping"))
 
 
+def _stop_budget(settings: Dict[str, Any]) -> str:
+    """The step budget of the held-out-stopping chain, as the file's settings ran it."""
+    if "refit_steps" not in settings:  # files written before the refit: every slice up to the cold budget
+        return f"at most {settings['cold_steps']} steps"
+    return (f"at most {settings['cold_steps']} steps for the first slice and {settings['warm_steps']} for a warm one, "
+            f"then {settings['refit_steps']} steps of refit on every sample")
+
+
 def volume_section(doc: Dict[str, Any]) -> str:
     result = doc["result"]
     s = result["settings"]
     out = [f"Whole volumes, 4x, slices in order (`ugodit_pl/apps/benchmarks/volume.py`): cold fits of {s['cold_steps']} "
-           f"steps, warm-started fits of {s['warm_steps']} steps, warm starts with {s['holdout_fraction']} of the sampled "
-           f"k-space held out and HeldOutEarlyStopping (patience {s['patience']}, at most {s['cold_steps']} steps); U-Net "
+           f"steps, warm-started fits of {s['warm_steps']} steps (input: {s.get('warm_input', 'measurement')}), warm "
+           f"starts with {s['holdout_fraction']} of the sampled k-space held out and HeldOutEarlyStopping (patience "
+           f"{s['patience']}, {_stop_budget(s)}); U-Net "
            f"channels {s['network_args'].get('channels')}. Volume PSNR / SSIM in fastMRI's convention (the volume's "
            f"maximum as data range); seconds = fitting time summed over the slices.", ""]
     for name, volume in result["volumes"].items():
@@ -328,6 +337,9 @@ def volume_section(doc: Dict[str, Any]) -> str:
                 gap = f"{100 * run['within_0_3_db']:.0f}%" if "within_0_3_db" in run else "-"
                 rows.append([f"{method}: {label}", run["volume"]["psnr"], run["volume"]["ssim"], run["seconds"],
                              run["slices_per_hour"], f"{min(run['steps'])}-{max(run['steps'])}", gap])
+                if "volume_before_refit" in run:
+                    rows.append([f"{method}: {label}, before the refit", run["volume_before_refit"]["psnr"],
+                                 run["volume_before_refit"]["ssim"], "-", "-", "-", "-"])
         out.append(table(["method", "volume PSNR (dB)", "SSIM", "seconds", "slices/hour", "steps per slice",
                           "stop within 0.3 dB of the best"], rows, digits=3))
         out.append("")
@@ -341,7 +353,7 @@ def summary(docs: List[Any]) -> List[str]:
     lines: List[str] = []
     for path, doc in docs:
         suite, r = doc["suite"], doc["result"]
-        where = f"[{path.name}, preset {doc['preset']}]"
+        where = f"[{path.name}, preset {doc['preset']}{', superseded' if doc.get('superseded') else ''}]"
         if suite == "mri-quality":
             for label, group in summarise(r["problems"]).items():
                 rows = group["methods"]
@@ -394,7 +406,7 @@ def summary(docs: List[Any]) -> List[str]:
         elif suite == "volume":
             warm_args = r["settings"].get("warm_args") or {}
             extra = ([str(warm_args)] if warm_args else []) + (
-                ["input from the neighbour's image"] if r["settings"].get("warm_input") == "neighbour" else [])
+                ["input from the neighbour's image"] if r["settings"].get("warm_input") in ("neighbour", "auto") else [])
             how = f"warm ({', '.join([str(r['settings']['warm_steps']) + ' steps'] + extra)})"
             for key, row in r["summary"].items():
                 parts = [f"cold {row['cold_psnr']:.2f} dB in {row['cold_seconds']:.0f} s"]
@@ -404,6 +416,8 @@ def summary(docs: List[Any]) -> List[str]:
                     parts.append(f"warm + held-out stopping {row['warm_stop_psnr_change']:+.2f} dB in "
                                  f"x{row['warm_stop_time_ratio']:.2f} (stop within 0.3 dB of the best on "
                                  f"{100 * row['stop_within_0_3_db']:.0f}% of slices)")
+                if "warm_stop_psnr_change_before_refit" in row:
+                    parts.append(f"before its refit {row['warm_stop_psnr_change_before_refit']:+.2f} dB")
                 lines.append(f"- volume {key}: " + "; ".join(parts) + f" {where}")
         elif suite == "transfer-study":
             adv = [(v["label"], v["advantage_db"]) for v in r["variants"]]
@@ -444,8 +458,10 @@ def render(results_dir: Path, out_file: Path) -> str:
         lines += ["## Defaults chosen from these results", "", decisions.read_text(encoding="utf-8").strip(), ""]
     for path, doc in docs:
         suite = doc["suite"]
-        lines += [f"## {TITLES[suite]} (`{doc.get('name', suite)}`, preset `{doc['preset']}`)", "", provenance(doc), "",
-                  SECTIONS[suite](doc), ""]
+        lines += [f"## {TITLES[suite]} (`{doc.get('name', suite)}`, preset `{doc['preset']}`)", "", provenance(doc), ""]
+        if doc.get("superseded"):  # kept as history; the file says what replaced it and why
+            lines += [f"**Superseded**: {doc['superseded']}", ""]
+        lines += [SECTIONS[suite](doc), ""]
         pictures = images(doc, results_dir, out_file)
         if pictures:
             lines += [pictures, ""]

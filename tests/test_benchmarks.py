@@ -374,7 +374,11 @@ def test_volume_suite_tiny(tmp_path, shared_data):
     runs = volume["methods"]["aseqdip"]
     assert runs["cold"]["steps"] == [6, 6] and runs["warm"]["steps"] == [6, 3]
     assert runs["warm"]["slice_psnr"][0] == runs["cold"]["slice_psnr"][0]  # the warm chain starts with the cold fit
-    assert all(2 <= s <= 6 for s in runs["warm_stop"]["steps"]) and len(runs["warm_stop"]["gap_to_best"]) == 2
+    # stopped (patience 2) by its cap: 6 steps cold, 3 warm; then 2 refit steps on all the samples
+    first, second = runs["warm_stop"]["steps"]
+    assert 5 <= first <= 8 and second == 5 and len(runs["warm_stop"]["gap_to_best"]) == 2
+    assert len(runs["warm_stop"]["slice_psnr_before_refit"]) == 2
+    assert math.isfinite(runs["warm_stop"]["volume_before_refit"]["psnr"])
     for name in CLASSICAL:
         assert math.isfinite(volume["methods"][name]["volume"]["psnr"])
     for name in ("l1_wavelet_auto", "total_variation_auto"):
@@ -382,4 +386,14 @@ def test_volume_suite_tiny(tmp_path, shared_data):
         assert set(volume["methods"][name]["rules"]) <= {"cv", "discrepancy"}
     row = document["result"]["summary"]["aseqdip epi"]
     assert row["warm_time_ratio"] == round(runs["warm"]["seconds"] / runs["cold"]["seconds"], 3)
+    assert row["warm_stop_psnr_change_before_refit"] == round(
+        runs["warm_stop"]["volume_before_refit"]["psnr"] - runs["cold"]["volume"]["psnr"], 3)
     assert (tmp_path / "volume_epi.png").is_file()
+
+    # the results document: the projection-only image beside the refit one; a superseded file says so
+    text = _results_doc_module().render(tmp_path, tmp_path / "RESULTS.md")
+    assert "| aseqdip: warm starts + held-out stopping, before the refit |" in text and "then 2 steps of refit" in text
+    document["superseded"] = "run on another simulation"
+    (tmp_path / "volume.json").write_text(json.dumps(document))
+    text = _results_doc_module().render(tmp_path, tmp_path / "RESULTS.md")
+    assert "**Superseded**: run on another simulation" in text and "[volume.json, preset tiny, superseded]" in text

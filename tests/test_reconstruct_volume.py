@@ -50,10 +50,11 @@ def test_warm_start_chains_the_slices_with_fewer_steps(volume, weights, tmp_path
     monkeypatch.setattr(reconstruct, "fit_chunk", lambda plan, chunk, writer, progress, label, warm: starts.append(
         [state is not None for state in warm or []]) or original(plan, chunk, writer, progress, label, warm))
     out = tmp_path / "warm"
-    assert main(args(volume, weights, out, "--warm-start", "--warm-steps", "2")) == 0
+    assert main(args(volume, weights, out, "--warm-start")) == 0
     assert starts[:4] == [[False], [True], [True], [True]]  # one slice per chunk, each from the one before
     summary = json.loads((out / "reconstruct_summary.json").read_text())
-    assert [row["steps"] for row in summary["items"]] == [4, 2, 2, 2]
+    assert [row["steps"] for row in summary["items"]] == [4, 2, 2, 2]  # warm: a third of --steps 4, rounded up
+    assert summary["warm_steps"] == 2
     assert sorted(p.name for p in (out / ".warm").iterdir()) == [f"demo_mri_00.h5.slice_{s:04d}.pt" for s in range(4)]
     cold = tmp_path / "cold"
     assert main(args(volume, weights, cold, "--chunk-size", "1")) == 0
@@ -65,7 +66,7 @@ def test_an_interrupted_warm_run_resumes_to_the_same_volume_bit_for_bit(volume, 
     from ugodit_pl.apps import reconstruct
 
     whole = tmp_path / "whole"
-    assert main(args(volume, weights, whole, "--warm-start")) == 0
+    assert main(args(volume, weights, whole, "--warm-start", "--warm-steps", "3")) == 0
     handler = signal.getsignal(signal.SIGINT)
     original, built = reconstruct.build_method, []
 
@@ -82,22 +83,28 @@ def test_an_interrupted_warm_run_resumes_to_the_same_volume_bit_for_bit(volume, 
     out = tmp_path / "resumed"
     monkeypatch.setattr(reconstruct, "build_method", build)
     try:
-        assert main(args(volume, weights, out, "--warm-start")) == 130
+        assert main(args(volume, weights, out, "--warm-start", "--warm-steps", "3")) == 130
     finally:
         signal.signal(signal.SIGINT, handler)
     with h5py.File(out / "demo_mri_00.h5") as handle:
         assert list(handle.attrs["slices"]) == [0, 1]
     monkeypatch.setattr(reconstruct, "build_method", original)
-    assert main(args(volume, weights, out, "--warm-start")) == 0
+    assert main(args(volume, weights, out, "--warm-start", "--warm-steps", "3")) == 0
     np.testing.assert_array_equal(volume_of(out), volume_of(whole))
 
 
-def test_held_out_stopping_in_reconstruct(volume, weights, tmp_path):
-    out = tmp_path / "stopped"
-    assert main(args(volume, weights, out, "--stop", "heldout", "--holdout-fraction", "0.4", "--patience", "2",
-                     "--steps", "30", "--slices", "0:2", "--chunk-size", "1")) == 0
-    summary = json.loads((out / "reconstruct_summary.json").read_text())
-    assert all(2 <= row["steps"] <= 30 for row in summary["items"]) and np.isfinite(volume_of(out)).all()
+def test_held_out_stopping_in_reconstruct_then_a_refit_on_every_sample(volume, weights, tmp_path):
+    stopping = ("--stop", "heldout", "--holdout-fraction", "0.4", "--patience", "2", "--steps", "30", "--slices", "0:2",
+                "--chunk-size", "1")
+    projected, refitted = tmp_path / "projected", tmp_path / "refitted"
+    assert main(args(volume, weights, projected, *stopping, "--refit-steps", "0")) == 0
+    assert main(args(volume, weights, refitted, *stopping)) == 0
+    alone, refit = (json.loads((out / "reconstruct_summary.json").read_text()) for out in (projected, refitted))
+    assert alone["refit_steps"] == 0 and refit["refit_steps"] == 3  # a quarter of a warm slice's 10 steps
+    assert all(2 <= row["steps"] <= 30 for row in alone["items"]) and np.isfinite(volume_of(projected)).all()
+    # the same held-out fits, each continued for 3 steps on every sample
+    assert [row["steps"] + 3 for row in alone["items"]] == [row["steps"] for row in refit["items"]]
+    assert np.isfinite(volume_of(refitted)).all() and not np.array_equal(volume_of(refitted), volume_of(projected))
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -105,6 +112,8 @@ def test_held_out_stopping_in_reconstruct(volume, weights, tmp_path):
     (("--stop", "heldout", "--holdout-fraction", "0.5"), r"holdout_fraction must be 0 \(off\) or in \(0, 0.5\)"),
     (("--stop", "heldout", "--holdout-fraction", "0.01"), "demo_mri_00.h5/slice_000: holdout_fraction=0.01 holds out"),
     (("--num-nodes", "0"), "--num-nodes must be a whole number >= 1"),
+    (("--refit-steps", "5"), "--refit-steps refits a slice after its held-out stop: give --stop heldout too"),
+    (("--stop", "heldout", "--refit-steps", "-1"), "--refit-steps must be a whole number >= 0"),
 ])
 def test_bad_volume_options_are_refused_before_fitting(volume, weights, tmp_path, capsys, extra, message):
     import re

@@ -97,15 +97,34 @@ class Plan:
     trainer_args: Dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
     warm_start: bool = False
-    warm_steps: Optional[int] = None  # steps of a warm-started chunk (None: ``steps``)
+    warm_steps: Optional[int] = None  # steps of a warm-started chunk (None: a third of ``steps``, rounded up)
     warm_input: str = "auto"  # where a warm slice's input starts (``ugodit_pl.methods.warm.INPUTS``)
     stop: str = "none"  # "heldout": HeldOutEarlyStopping on held-out k-space (``holdout_fraction``)
     holdout_fraction: float = 0.0
     patience: int = 200
+    refit_steps: Optional[int] = None  # after a held-out stop, steps on every sample (None: a quarter of a warm budget)
 
     def steps_for(self, warm: bool) -> int:
-        """The step budget of a chunk: ``warm_steps`` when every slice of it starts warm."""
-        return int(self.warm_steps) if warm and self.warm_steps else self.steps
+        """The step budget of a chunk: ``warm_steps`` (default a third of ``steps``, the budget at which the
+        volume benchmark's warm chains matched cold fits) when every slice of it starts warm.
+
+        >>> Plan("mri", [], Path("w.pt"), Path("out"), steps=600, chunk_size=1, warm_start=True).steps_for(warm=True)
+        200
+        """
+        if not warm:
+            return self.steps
+        return int(self.warm_steps) if self.warm_steps else -(-self.steps // 3)
+
+    def refit(self) -> int:
+        """Steps of the refit on every measured sample after a held-out stop (0 without ``--stop heldout``):
+        ``refit_steps``, by default a quarter of a warm slice's budget (as ``ugodit benchmark volume`` ran it).
+
+        >>> Plan("mri", [], Path("w.pt"), Path("out"), steps=600, chunk_size=1, stop="heldout").refit()
+        50
+        """
+        if self.stop != "heldout":
+            return 0
+        return int(self.refit_steps) if self.refit_steps is not None else -(-self.steps_for(warm=True) // 4)
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -218,6 +237,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         whole("--warm-steps", args.warm_steps, minimum=1)
     if (args.warm_steps is not None or args.warm_input is not None) and not args.warm_start:
         raise ValueError("--warm-steps and --warm-input set how slices are warm-started: give --warm-start too")
+    if args.refit_steps is not None:
+        whole("--refit-steps", args.refit_steps, minimum=0)
+        if args.stop != "heldout":
+            raise ValueError("--refit-steps refits a slice after its held-out stop: give --stop heldout too")
     holdout = 0.0
     if args.stop == "heldout":
         if kind != "mri":
@@ -229,7 +252,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     plan = Plan(kind, items, weights, Path(args.out), int(steps), int(args.chunk_size), model_args, data_args,
                 trainer_args, bool(args.overwrite), warm_start=bool(args.warm_start), warm_steps=args.warm_steps,
                 warm_input=args.warm_input or "auto",
-                stop=args.stop, holdout_fraction=holdout, patience=whole("--patience", args.patience, minimum=1))
+                stop=args.stop, holdout_fraction=holdout, patience=whole("--patience", args.patience, minimum=1),
+                refit_steps=args.refit_steps)
     check_output(plan.out)
     check_data(plan)
     return plan
@@ -355,12 +379,14 @@ def build_datamodule(plan: Plan, chunk: Sequence[Item]):
     return DegradedImageDataModule(images=[str(item.path) for item in chunk], role="test", **plan.data_args)
 
 
-def build_method(plan: Plan, count: int):
-    """``UGoDITFit`` for ``count`` measurements with the plan's weights and settings."""
+def build_method(plan: Plan, count: int, holdout: bool = True):
+    """``UGoDITFit`` for ``count`` measurements with the plan's weights and settings (``holdout=False``: every
+    measured sample fitted, for the refit after a held-out stop)."""
     from ugodit_pl.methods import UGoDITFit
 
+    model_args = {k: v for k, v in plan.model_args.items() if holdout or k != "holdout_fraction"}
     try:
-        return UGoDITFit(weights=str(plan.weights), num_measurements=count, **plan.model_args)
+        return UGoDITFit(weights=str(plan.weights), num_measurements=count, **model_args)
     except TypeError as error:
         raise ValueError(f"the model settings {plan.model_args} do not fit UGoDITFit: {error}") from None
 
@@ -368,9 +394,9 @@ def build_method(plan: Plan, count: int):
 def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: str = "",
               warm: Optional[Sequence[Optional[Dict[str, Any]]]] = None) -> Tuple[Dict[str, Dict[str, Any]], Any]:
     """Fit one chunk (one Trainer.fit, sharded over the processes), row i warm-started from ``warm[i]`` where
-    given; returns ({item label: the metrics the writer stored with it} for every item, the fitted method)."""
-    import pytorch_lightning as pl
-
+    given; after a held-out stop, a second fit on every measured sample (``plan.refit()`` steps) continues
+    from the stopped one. Returns ({item label: the metrics the writer stored with it} for every item, the
+    fitted method)."""
     from ugodit_pl.callbacks import HeldOutEarlyStopping
 
     datamodule = build_datamodule(plan, chunk)
@@ -378,13 +404,29 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
     for row, state in enumerate(warm or []):
         if state is not None:
             method.warm_start(state, rows=[row], input=plan.warm_input)
-    steps = plan.steps_for(warm=bool(warm) and all(state is not None for state in warm))
-    callbacks: List[Any] = [HeldOutEarlyStopping(patience=plan.patience)] if plan.stop == "heldout" else []
-    callbacks.append(writer)
+    steps, refit = plan.steps_for(warm=bool(warm) and all(state is not None for state in warm)), plan.refit()
+    stop = [HeldOutEarlyStopping(patience=plan.patience)] if plan.stop == "heldout" else []
+    started = time.perf_counter()
+    trainer = _fit(plan, method, datamodule, steps, stop + ([] if refit else [writer]), progress, label)
+    if refit:  # the stopped fit's networks and best image, fitted on every sample (the held-out ones too)
+        stopped, method = method, build_method(plan, len(chunk), holdout=False)
+        for row in range(len(chunk)):
+            method.warm_start(stopped.warm_state(row), rows=[row], input="auto")
+        writer.continues(steps=int(trainer.global_step), seconds=time.perf_counter() - started)
+        trainer = _fit(plan, method, datamodule, refit, [writer], progress, f"{label} refit")
+    if not trainer.is_global_zero:  # the main process reports; the volumes are its to assemble
+        return {}, method
+    return {item.label: writer.metrics(*_writer_key(item)) or {} for item in chunk}, method
+
+
+def _fit(plan: Plan, method: Any, datamodule: Any, steps: int, callbacks: List[Any], progress: Any, label: str):
+    """One ``Trainer.fit`` of ``steps`` with a progress line; an interrupt tells how to resume. Returns the trainer."""
+    import pytorch_lightning as pl
+
     task_id = None
     if progress is not None:
         task_id = progress.add_task(label, total=steps)
-        callbacks.append(step_progress(progress, task_id))
+        callbacks = [*callbacks, step_progress(progress, task_id)]
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
                          **plan.trainer_args)
@@ -399,9 +441,7 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
         raise
     if progress is not None:
         progress.remove_task(task_id)
-    if not trainer.is_global_zero:  # the main process reports; the volumes are its to assemble
-        return {}, method
-    return {item.label: writer.metrics(*_writer_key(item)) or {} for item in chunk}, method
+    return trainer
 
 
 def _writer_key(item: Item) -> Tuple[Any, ...]:
@@ -562,8 +602,9 @@ def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[
         "volumes": volumes,
         "chunk_size": plan.chunk_size,
         "warm_start": plan.warm_start,
-        "warm_steps": plan.warm_steps,
+        "warm_steps": plan.steps_for(warm=True) if plan.warm_start else None,
         "stop": plan.stop,
+        "refit_steps": plan.refit(),
         "seconds": round(seconds, 3),
         "items_per_hour": round(len(done_now) * 3600.0 / round(seconds, 3), 1) if done_now and seconds >= 1e-3 else None,
         "metrics": ("per item: PSNR / SSIM (/ NMSE) of each slice against its target with the slice's own maximum as "
@@ -638,7 +679,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "(each process a contiguous slab of slices, one slice at a time; the state of every "
                              "slice is kept in OUT/.warm so that an interrupted run resumes its chains)")
     parser.add_argument("--warm-steps", type=int, default=None,
-                        help="steps of a warm-started slice (default: --steps)")
+                        help="steps of a warm-started slice (default: a third of --steps, rounded up)")
     parser.add_argument("--warm-input", default=None, choices=INPUTS,
                         help="where a warm-started slice's input starts: its own A^H y (measurement), the neighbour's "
                              "image with the slice's measured k-space put in (neighbour), or auto (default): the "
@@ -651,6 +692,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--holdout-fraction", type=float, default=0.1,
                         help="the part of the sampled k-space outside the calibration region held out (default 0.1)")
     parser.add_argument("--patience", type=int, default=200, help="steps without improvement before a stop (default 200)")
+    parser.add_argument("--refit-steps", type=int, default=None,
+                        help="after a held-out stop, fit the slice on every measured sample for this many steps, from "
+                             "where it stopped (default: a quarter of a warm slice's steps; 0: only put the measured "
+                             "samples back into the kept image)")
     parser.add_argument("--num-nodes", type=int, default=1,
                         help="machines taking part (Lightning's num_nodes, DDP): launch the same command on each, "
                              "with torchrun or SLURM's srun (README, 'Multi-GPU and multi-node')")

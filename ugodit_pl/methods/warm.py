@@ -23,9 +23,10 @@ instead of A^H y: the unmeasured frequencies come from the neighbour, the measur
 ``input="auto"`` (the default) does so where it applies, a method whose input is A^H y
 (``input_init="measurement"``) on an operator that can put measured samples in (MRI, inpainting), and
 keeps the fit's own input otherwise (DIP's noise, a reference image, deblurring). Why: aSeqDIP's image
-lives in its input (a residual U-Net on A^H y), so the neighbour's weights alone carry almost nothing;
-with its image as input a warm aSeqDIP slice reaches the cold fit's PSNR in a third of its steps
-(``ugodit benchmark volume``; decision 9 of ``benchmarks/results/decisions.md``).
+lives in its input (a residual U-Net on A^H y), so the neighbour's weights alone carry little. On two
+simulated volumes (``ugodit benchmark volume``, 4x) warm aSeqDIP and UGoDIT chains of a third of the cold
+steps were within 0.1 dB of the cold volumes (or above) with the neighbour's image as input, and 0.5 to
+0.6 dB below them with their own A^H y (decision 9 of ``benchmarks/results/decisions.md``).
 
 >>> import torch
 >>> from ugodit_pl.methods import ASeqDIP
