@@ -1,12 +1,12 @@
-"""Early stopping for MRI fits by self-validation on held-out k-space.
+"""Early stopping by self-validation on held-out samples: k-space for MRI, pixels for inpainting and denoising.
 
-The method holds out part of the sampled k-space (``holdout_fraction``, ``ugodit_pl.methods.holdout``)
-and reports its reconstruction's error on it (``pl_module.holdout_error()``). The error falls while
+The method holds out part of its measured samples (``holdout_fraction``, ``ugodit_pl.methods.holdout``)
+and reports its reconstruction's error on them (``pl_module.holdout_error()``). The error falls while
 the network fits the image and rises once it fits the noise of the samples it sees; no ground
 truth is needed. Every ``check_every`` steps the callback reads the error of each measurement and
-keeps the reconstruction at its minimum (``pl_module.reconstruction``: with the method's
-``final_projection``, which is on by default for MRI and when samples are held out, it carries
-every measured sample, the held-out ones included). Training stops when every measurement has gone
+keeps the reconstruction at its minimum (``pl_module.reconstruction``: for MRI, with the method's
+``final_projection``, on by default there, it carries every measured sample, the held-out ones
+included; images keep the network's output, their held-out pixels come back with a refit). Training stops when every measurement has gone
 ``patience`` steps without a new minimum (a new minimum must beat the old one by ``min_delta``,
 relative); the kept reconstructions then become ``pl_module.final_output``.
 

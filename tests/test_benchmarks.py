@@ -298,7 +298,15 @@ def test_early_stopping_suite_tiny(tmp_path, shared_data):
     assert task["max_steps"] == 12
     assert task["best_psnr"] >= max(task["curve"]["psnr"]) - 1e-6
     assert task["steps_saved"] == task["max_steps"] - (task["es_stop_step"] or task["max_steps"])
+    # the held-out rule beside it: checks every 2 steps, the kept step is the one of least held-out error
+    errors = dict(task["holdout_errors"])
+    assert sorted(errors) == list(range(2, 2 + 2 * len(errors), 2)) and task["holdout_kept_step"] == min(errors, key=errors.get)
+    assert task["refit_steps"] == 2 and math.isfinite(task["refit_psnr"])
+    assert task["holdout_steps_saved"] == task["max_steps"] - (task["holdout_stop_step"] or task["max_steps"])
     assert (tmp_path / "early-stopping.png").is_file()
+    text = _results_doc_module().render(tmp_path, tmp_path / "RESULTS.md")
+    assert "| denoise | 0.10 | 2 |" in text and "held-out rule: lost" in text
+    assert task["holdout_gap_db"] == pytest.approx(max(task["reconstruction_curve"]["psnr"]) - task["holdout_psnr"], abs=1e-3)
 
 
 def test_overrides_are_applied_and_recorded(tmp_path, shared_data):
@@ -333,6 +341,14 @@ def test_transfer_study_tiny(tmp_path, shared_data):
     text = _results_doc_module().render(tmp_path, tmp_path / "RESULTS.md")
     assert "## Defaults chosen from these results\n\n- lambda: 2 -> 0.1, see the table." in text
     assert "| encoder BatchNorm eval |" in text and "transfer study, UGoDIT - aSeqDIP" in text
+
+
+def test_volume_suite_chains_from_the_centre_outwards(tmp_path, shared_data):
+    document = _run("volume", tmp_path, shared_data, "--set", 'order="centre_out"', "--set", 'modes=["warm"]',
+                    "--set", "baselines=false")
+    cold, warm = (document["result"]["volumes"]["epi"]["methods"]["aseqdip"][mode] for mode in ("cold", "warm"))
+    assert cold["fit_order"] == [0, 1] and warm["fit_order"] == [1, 0]  # of slices 11 and 12: 12 first, then 11
+    assert warm["steps"] == [3, 6] and warm["slice_psnr"][1] == cold["slice_psnr"][1]
 
 
 def _results_doc_module():

@@ -154,7 +154,7 @@ def test_held_out_stopping_keeps_the_best_validated_reconstruction():
 def test_with_held_out_samples_the_final_projection_uses_every_measured_sample():
     batch = mri_batch(num=1, size=32, seed=1)
     method = fit(aseqdip(holdout_fraction=0.4, holdout_pattern="points"), batch, 4)
-    assert method.final_projection  # on by default when samples are held out
+    assert method.final_projection  # on by default for MRI, so the held-out samples come back
     expected = batch["operator"].data_consistent(method.ema_output.float(), batch["y"])
     torch.testing.assert_close(method.reconstruction.float(), expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
 

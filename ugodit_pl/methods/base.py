@@ -124,16 +124,18 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         final_projection: the reconstruction is the output with its measured k-space put back,
             S^H F^H((1 - P) F S x + P y) with every measured sample (an option of the reconstruction,
             not of the fit: the fit and ``current_output`` are unchanged). Needs an operator with
-            ``data_consistent`` (MRI, inpainting). None = on for MRI (complex k-space) and whenever
-            samples are held out (so that they are not lost in the image); off for natural images. On
+            ``data_consistent`` (MRI, inpainting). None = on for MRI (complex k-space; held-out samples
+            are then not lost in the image); off for natural images, whose observed pixels carry their
+            noise (held-out pixels come back with a refit on every pixel). On
             the real-MRI panel it added 0.003 to 0.026 dB to aSeqDIP and UGoDIT on all 12 problem and
             method pairs (docs/RESULTS.md, decision 10); False is the papers' reconstruction.
         holdout_fraction: 0 (off), or the fraction of the sampled k-space locations outside the
-            calibration region that the fit does not see (MRI only; ``ugodit_pl.methods.holdout``):
+            calibration region (MRI), or of the observed pixels (inpainting, denoising), that the fit
+            does not see (``ugodit_pl.methods.holdout``):
             ``holdout_error()`` is the output's error on them, which ``HeldOutEarlyStopping``
             watches. Must be below 0.5.
         holdout_pattern: what is held out: whole lines of a 1-D mask (``"lines"``), single sampled
-            locations (``"points"``), or ``"auto"``: lines for a 1-D mask, points otherwise.
+            locations (``"points"``), or ``"auto"``: lines for a 1-D k-space mask, points otherwise.
         tv_weight: 0 (off: the papers' objectives), or the weight of a sparsity term added to every
             method's objective: the total variation of the network output per pixel
             (``ugodit_pl.methods.losses.total_variation``), in the units of the data term (about
@@ -208,7 +210,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self.tv_weight = non_negative("tv_weight", tv_weight)
         self.final_projection_arg = final_projection
         # None is resolved in ``prepare`` (MRI or not) and kept in checkpoints
-        self.final_projection = self.holdout_fraction > 0 if final_projection is None else bool(final_projection)
+        self.final_projection = False if final_projection is None else bool(final_projection)
         self._compiled: Optional[Any] = None
         self.fit_state = FitState(trainable_inputs=self.optimises_inputs)
         self.final_output: Optional[torch.Tensor] = None
@@ -297,9 +299,8 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         check_batch_layout(batch, self.num_measurements, type(self).__name__)
         raw_y, operator = in_precision(batch["y"], self.dtype), batch["operator"]
         rows = batch_rows(batch, self.device).cpu()
-        if self.final_projection_arg is None:  # on for MRI (complex k-space) and whenever samples are held out
-            self.final_projection = bool(raw_y.is_complex() and hasattr(operator, "data_consistent")) or \
-                self.holdout_fraction > 0
+        if self.final_projection_arg is None:  # on for MRI (complex k-space), held-out samples or not
+            self.final_projection = bool(raw_y.is_complex() and hasattr(operator, "data_consistent"))
         if self.final_projection and not hasattr(operator, "data_consistent"):
             raise ValueError(f"final_projection puts the measured samples back into the reconstruction: it needs an "
                              f"operator with data_consistent (MRI, inpainting); {type(operator).__name__} has none")

@@ -1,6 +1,7 @@
-"""Self-validation on held-out k-space: the samples a fit does not see, and its error on them.
+"""Self-validation on held-out samples: the measurements a fit does not see, and its error on them.
 
-A fraction of the sampled k-space locations outside the calibration region is set aside before
+A fraction of the sampled k-space locations outside the calibration region (MRI), or of the
+observed pixels (inpainting, and denoising as inpainting with nothing missing), is set aside before
 the fit (``ReconstructionMethod(holdout_fraction=...)``); the network is fitted to the rest, and
 the residual of its output on the held-out samples, relative to their energy,
 
@@ -15,7 +16,8 @@ unsampled one), or single sampled locations (``"points"``, any mask); ``"auto"``
 where the mask is a 1-D pattern and points otherwise. Points inside sampled lines are the wrong
 test for a 1-D pattern: on the simulated EPI slice (96 x 72, 4x, aSeqDIP) their error kept falling for
 600 steps after the PSNR had peaked (kept image 0.98 dB below the best), where held-out lines
-stopped within 0.1 dB of it. The calibration region is never held out (the coil maps and the low frequencies come from it). The choice depends only on the mask,
+stopped within 0.1 dB of it. The calibration region is never held out (the coil maps and the low frequencies come from it).
+Pixels are held out one by one (``"points"``; there is no calibration region). The choice depends only on the mask,
 ``seed`` and the row, so it is the same on every process and after a resume.
 
 >>> import torch
@@ -35,6 +37,7 @@ from ugodit_pl.arguments import check_choice
 from ugodit_pl.methods.draws import row_seed
 from ugodit_pl.operators.base import Operator
 from ugodit_pl.operators.coil_maps import find_calibration_region
+from ugodit_pl.operators.inpainting import Inpainting
 
 HOLDOUT = "holdout"  # the purpose of the draws (``draws.row_seed``)
 PATTERNS = ("auto", "lines", "points")
@@ -60,23 +63,28 @@ def _line_axis(sampled: torch.Tensor) -> Optional[int]:
 
 
 def holdout_mask(mask: torch.Tensor, fraction: float, seed: int, row: int, name: str = "",
-                 pattern: str = "auto") -> torch.Tensor:
+                 pattern: str = "auto", calibration: bool = True) -> torch.Tensor:
     """(H, W) float: 1 at the held-out locations of ``mask`` (H, W), a ``fraction`` of the sampled ones
-    outside the calibration region (``pattern``: single locations, or whole lines of a 1-D pattern).
+    outside the calibration region (``pattern``: single locations, or whole lines of a 1-D pattern;
+    ``calibration=False``: of all the sampled ones, for pixels).
 
     Raises a ValueError naming ``name`` when fewer than 2 lines (32 locations) would be held out.
     """
     sampled = mask.detach().cpu() > 0
-    rows, cols = find_calibration_region(sampled)
     outside = sampled.clone()
-    outside[rows, cols] = False
+    if calibration:
+        rows, cols = find_calibration_region(sampled)
+        outside[rows, cols] = False
     generator = torch.Generator().manual_seed(row_seed(seed, HOLDOUT, row, 0))
     held = torch.zeros_like(sampled)
     where = f"{name}: " if name else ""
     check_choice("holdout_pattern", pattern, PATTERNS)
     axis = _line_axis(sampled)
+    if not calibration and pattern == "lines":
+        raise ValueError(f"{where}holdout_pattern='lines' holds out lines of k-space; pixels are held out one by one: "
+                         f"use 'points' or 'auto'")
     if pattern == "auto":
-        pattern = "points" if axis is None else "lines"
+        pattern = "points" if axis is None or not calibration else "lines"
     if pattern == "lines":
         if axis is None:
             raise ValueError(f"{where}holdout_pattern='lines' needs a mask of whole sampled lines (a 1-D pattern); "
@@ -99,8 +107,8 @@ def holdout_mask(mask: torch.Tensor, fraction: float, seed: int, row: int, name:
         count = int(round(fraction * len(points)))
         if count < MIN_HELD_OUT_POINTS:
             raise ValueError(
-                f"{where}holdout_fraction={fraction} holds out {count} of the {len(points)} sampled locations outside "
-                f"the calibration region; at least {MIN_HELD_OUT_POINTS} are needed"
+                f"{where}holdout_fraction={fraction} holds out {count} of the {len(points)} sampled locations"
+                f"{' outside the calibration region' if calibration else ''}; at least {MIN_HELD_OUT_POINTS} are needed"
             )
         held.view(-1)[points[torch.randperm(len(points), generator=generator)[:count]]] = True
     return held.to(torch.float32).to(mask.device)
@@ -111,7 +119,7 @@ def split_measurement(
     names: Optional[Sequence[Optional[str]]] = None, pattern: str = "auto",
 ) -> Tuple[Operator, torch.Tensor, torch.Tensor]:
     """(the operator of the fitted samples, y on them, the held-out mask (B, 1, H, W)) of a batch of MRI
-    measurements (rows ``rows`` of the set).
+    or inpainting measurements (rows ``rows`` of the set; pixels are held out from every channel).
 
     >>> from ugodit_pl.operators import SingleCoilMRI
     >>> mask = torch.zeros(16, 16); mask[:, 6:10] = 1; mask[:, ::2] = 1
@@ -123,14 +131,20 @@ def split_measurement(
     """
     masks = getattr(operator, "mask", None)
     if masks is None or not hasattr(operator, "with_mask"):
-        raise ValueError(f"holdout_fraction needs MRI measurements (an operator with a sampling mask); "
+        raise ValueError(f"holdout_fraction needs measurements with a sampling mask (MRI, inpainting, denoising); "
                          f"{type(operator).__name__} has none")
+    pixels = isinstance(operator, Inpainting)
+    if pixels and masks.shape[1] != 1:
+        raise ValueError(f"holdout_fraction holds out pixels from every channel: it needs one mask for all channels, "
+                         f"got a mask of shape {tuple(masks.shape)}")
+    plane = masks[:, 0] if pixels else masks  # (B|1, H, W)
     names = list(names) if names is not None else [None] * len(rows)
     held = torch.stack([
-        holdout_mask(masks[k if masks.shape[0] > 1 else 0], fraction, seed, int(row), names[k] or f"row {row}", pattern)
+        holdout_mask(plane[k if plane.shape[0] > 1 else 0], fraction, seed, int(row), names[k] or f"row {row}", pattern,
+                     calibration=not pixels)
         for k, row in enumerate(rows)
     ])
-    fit_operator = operator.with_mask(masks * (1.0 - held))
+    fit_operator = operator.with_mask((plane * (1.0 - held)).unsqueeze(1) if pixels else masks * (1.0 - held))
     held = held.unsqueeze(1)
     return fit_operator, y * (1.0 - held).to(y.real.dtype if y.is_complex() else y.dtype), held
 
@@ -139,7 +153,10 @@ def holdout_error(operator: Operator, x: torch.Tensor, y: torch.Tensor, held: to
     """(B,) ||H (A x - y)||^2 / ||H y||^2 on the held-out samples ``held`` (B, 1, H, W); ``operator`` and
     ``y`` are those of all measured samples."""
     with torch.no_grad():
-        residual = (operator(x) - y) * held
-        measured = y * held
-        energy = torch.view_as_real(measured).square().flatten(1).sum(1)
-        return torch.view_as_real(residual).square().flatten(1).sum(1) / energy.clamp_min(torch.finfo(energy.dtype).tiny)
+        residual = _real((operator(x) - y) * held)
+        energy = _real(y * held).square().flatten(1).sum(1)
+        return residual.square().flatten(1).sum(1) / energy.clamp_min(torch.finfo(energy.dtype).tiny)
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t

@@ -125,6 +125,14 @@ class Inpainting(Operator):
         self._check(y, "y")
         return self._mask_for(y) * y
 
+    def with_mask(self, mask: torch.Tensor) -> "Inpainting":
+        """Inpainting with another mask, e.g. a subset of this one's observed pixels (held-out validation).
+
+        >>> Inpainting(torch.ones(4, 4)).with_mask(torch.zeros(1, 1, 4, 4)).mask.sum().item()
+        0.0
+        """
+        return type(self)(torch.as_tensor(mask).to(self.mask.device))
+
     def data_consistent(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(1 - m) x + m y: the observed pixels replace the predicted ones."""
         self._check(x, "x")

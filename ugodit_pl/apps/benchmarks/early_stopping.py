@@ -1,11 +1,16 @@
-"""How good is ES-WMV's choice? The PSNR of the kept output against the best PSNR of a long fixed run.
+"""How good are the stopping rules' choices? The PSNR of the kept output against the best PSNR of a long fixed run.
 
-Two fits of the same DIP from the same seed on the same measurement:
+Three fits of the same DIP from the same seed on the same measurement:
 
 1. with :class:`~ugodit_pl.callbacks.WMVEarlyStopping` (no ground truth): it stops at some step
    and keeps one output; its PSNR is measured afterwards;
 2. a fixed run of ``max_steps`` steps recording the PSNR of every ``eval_every``-th output: the best
-   PSNR over the run is what an oracle (who knew the ground truth) would stop at.
+   PSNR over the run is what an oracle (who knew the ground truth) would stop at (of the output for
+   ES-WMV, which keeps outputs; of the reconstruction, the EMA, for the held-out rule, which keeps it);
+3. with ``holdout_fraction`` of the samples held out (k-space lines for MRI, pixels for denoising) and
+   :class:`~ugodit_pl.callbacks.HeldOutEarlyStopping` (``holdout_patience``, no ground truth): the kept
+   output (MRI: with every measured sample put back), then ``refit_steps`` more on every sample
+   from the stopped fit (a warm start), both scored.
 
 Tasks, both on real data from ``shared/data`` (see its PROVENANCE.md):
 
@@ -40,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from ugodit_pl.apps.runtime import quiet_lightning
-from ugodit_pl.callbacks import WMVEarlyStopping
+from ugodit_pl.callbacks import HeldOutEarlyStopping, WMVEarlyStopping
 from ugodit_pl.complex import ifft2c
 from ugodit_pl.methods import DIP
 from ugodit_pl.metrics import psnr, reconstruction_metrics
@@ -60,12 +65,14 @@ class _Repeat(IterableDataset):
 
 
 class _Trace(pl.Callback):
-    """PSNR (and SSIM) of the current output every ``every`` steps against the batch's targets."""
+    """PSNR (and SSIM) of the current output every ``every`` steps against the batch's targets, and the PSNR
+    of the reconstruction (the EMA, for MRI with the measured samples put back: what the held-out rule keeps)."""
 
     def __init__(self, every: int, targets: Dict[str, torch.Tensor], support: Optional[torch.Tensor]) -> None:
         self.every, self.targets, self.support = every, targets, support
         self.psnr: Dict[str, Dict[int, float]] = {name: {} for name in targets}
         self.ssim: Dict[int, float] = {}
+        self.reconstruction_psnr: Dict[int, float] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -75,6 +82,8 @@ class _Trace(pl.Callback):
         for name in self.targets:
             self.psnr[name][step] = values[f"psnr_{name}"]
         self.ssim[step] = values["ssim"]
+        main = next(iter(self.targets))
+        self.reconstruction_psnr[step] = _scores(pl_module.reconstruction, self.targets, self.support)[f"psnr_{main}"]
 
 
 def _scores(output: torch.Tensor, targets: Dict[str, torch.Tensor], support: Optional[torch.Tensor] = None) -> Dict[str, float]:
@@ -181,6 +190,10 @@ def early_stopping_benchmark(
     lr: Optional[float] = None,
     network_args: Optional[Dict[str, Any]] = None,
     input_perturbation: Optional[float] = None,
+    holdout_fraction: float = 0.2,
+    holdout_patience: Optional[int] = None,
+    holdout_check_every: int = 10,
+    refit_steps: int = 100,
     mri_crop: Sequence[int] = (96, 72),
     acceleration: float = 4.0,
     image_size: int = 64,
@@ -199,6 +212,8 @@ def early_stopping_benchmark(
         lr, network_args: DIP settings; defaults: MRI U-Net channels (16, 32, 64, 64) with lr 1e-3,
             denoising skip network with 64 channels per scale and lr 0.01.
         input_perturbation: DIP's sigma_p (None: the method's default, 1/30).
+        holdout_fraction, holdout_patience, holdout_check_every: the held-out rule's fit (patience None:
+            ``patience``); refit_steps: its refit on every sample.
         mri_crop, acceleration: MRI k-space crop (H, W) and undersampling factor.
         image_size, noise_sigma: denoising crop size and noise std (images in [0, 1]).
         seed: seed of the mask/noise and of the method.
@@ -210,7 +225,10 @@ def early_stopping_benchmark(
     ``steps_saved`` = max_steps - es_stop_step, ``psnr_near_kept_step_in_fixed_run`` (at the evaluated
     step ``fixed_run_step_near_kept`` nearest to the kept one: the two runs follow the same path when
     it is close to ``es_psnr``), extra PSNRs per target, wall times, the settings and ``curve``
-    (the fixed run's PSNR-vs-step curve of the main target, ``{"steps": [...], "psnr": [...]}``).
+    (the fixed run's PSNR-vs-step curve of the main target, ``{"steps": [...], "psnr": [...]}``); for the
+    held-out rule ``holdout_stop_step``, ``holdout_kept_step``, ``holdout_psnr``, ``holdout_gap_db``,
+    ``holdout_steps_saved``, ``refit_psnr``, ``refit_gap_db`` (both gaps against ``best_reconstruction_psnr``,
+    the best of the fixed run's ``reconstruction_curve``) and ``holdout_errors`` ([step, error], each check).
     """
     if task == "mri":
         problem = mri_problem(data_root, mri_crop, acceleration, seed)
@@ -232,14 +250,17 @@ def early_stopping_benchmark(
     if input_perturbation is not None:
         method_args["input_perturbation"] = float(input_perturbation)
 
-    def make() -> DIP:
-        return DIP(num_measurements=1, network=network, network_args=net_args, lr=lr, seed=seed, **method_args)
+    def make(**extra: Any) -> DIP:
+        return DIP(num_measurements=1, network=network, network_args=net_args, lr=lr, seed=seed, **method_args, **extra)
 
     es = WMVEarlyStopping(window=window, patience=patience, check_every=check_every, keep=keep)
     es_method = make()
     es_wall = _fit(es_method, batch, max_steps, [es], device)
     kept = es.best_outputs.get(0)
     es_scores = _scores(kept[None], targets, support) if kept is not None else {}
+
+    held = _held_out_fit(make, batch, targets, support, max_steps, holdout_fraction,
+                         patience if holdout_patience is None else holdout_patience, holdout_check_every, refit_steps, device)
 
     trace = _Trace(eval_every, targets, support)
     fixed_method = make()
@@ -280,6 +301,13 @@ def early_stopping_benchmark(
         "fixed_wall_s": fixed_wall,
         "eval_every": eval_every,
         "curve": {"steps": sorted(curve), "psnr": [round(curve[k], 4) for k in sorted(curve)]},
+        **held,
+        "best_reconstruction_psnr": max(trace.reconstruction_psnr.values()),
+        "best_reconstruction_step": max(trace.reconstruction_psnr, key=trace.reconstruction_psnr.get),
+        "holdout_gap_db": max(trace.reconstruction_psnr.values()) - held["holdout_psnr"],
+        "refit_gap_db": max(trace.reconstruction_psnr.values()) - held["refit_psnr"],
+        "reconstruction_curve": {"steps": sorted(trace.reconstruction_psnr),
+                                 "psnr": [round(trace.reconstruction_psnr[k], 4) for k in sorted(trace.reconstruction_psnr)]},
     }
     for name in list(targets)[1:]:
         other = trace.psnr[name]
@@ -295,26 +323,50 @@ def early_stopping_benchmark(
     return result
 
 
+def _held_out_fit(make: Any, batch: Dict[str, Any], targets: Dict[str, torch.Tensor], support: Optional[torch.Tensor],
+                  max_steps: int, fraction: float, patience: int, check_every: int, refit_steps: int,
+                  device: str) -> Dict[str, Any]:
+    """The held-out rule's fit and its refit on every sample (see the module), as result entries."""
+    main = next(iter(targets))
+    stop = HeldOutEarlyStopping(patience=patience, check_every=check_every)
+    method = make(holdout_fraction=fraction)
+    wall = _fit(method, batch, max_steps, [stop], device)
+    kept = _scores(stop.kept_output([0]), targets, support)
+    refit = make().warm_start(method.warm_state(0))
+    refit_wall = _fit(refit, batch, refit_steps, [], device) if refit_steps else 0.0
+    refitted = _scores(refit.reconstruction, targets, support) if refit_steps else kept
+    stopped = stop.stopped_step
+    return {"holdout_fraction": fraction, "holdout_patience": patience, "holdout_stop_step": stopped,
+            "holdout_kept_step": stop.best_step.get(0), "holdout_psnr": kept[f"psnr_{main}"],
+            "holdout_steps_saved": (max_steps - stopped) if stopped is not None else 0, "refit_steps": refit_steps,
+            "refit_psnr": refitted[f"psnr_{main}"], "holdout_wall_s": wall, "refit_wall_s": refit_wall,
+            "holdout_errors": [[step, round(error, 6)] for step, error in stop.history.get(0, [])]}
+
+
 # ============================================================================ the ``early-stopping`` suite
 #: Suite presets, per task the keyword arguments of :func:`early_stopping_benchmark`.
 ES_PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "tiny": {
         "denoise": {"max_steps": 12, "window": 3, "patience": 2, "eval_every": 2, "image_size": 32,
+                    "holdout_fraction": 0.1, "holdout_check_every": 2, "refit_steps": 2,
                     "network_args": {"in_channels": 8, "out_channels": 3, "channels_down": [4, 4],
                                      "channels_up": [4, 4], "channels_skip": [2, 2]}},
     },
     # < 15 min on 2 idle CPU cores (the module's default networks; W = 100 as in the paper, shorter patience)
     "quick": {
-        "mri": {"max_steps": 1500, "window": 100, "patience": 300, "eval_every": 10, "mri_crop": (96, 72)},
-        "denoise": {"max_steps": 1500, "window": 100, "patience": 300, "eval_every": 10, "image_size": 64},
+        "mri": {"max_steps": 1500, "window": 100, "patience": 300, "eval_every": 10, "mri_crop": (96, 72),
+                "holdout_fraction": 0.2, "refit_steps": 100},
+        "denoise": {"max_steps": 1500, "window": 100, "patience": 300, "eval_every": 10, "image_size": 64,
+                    "holdout_fraction": 0.1, "refit_steps": 100},
     },
     # the ES-WMV paper's window and patience, long fixed runs (for a GPU)
     "full": {
         "mri": {"max_steps": 10000, "window": 100, "patience": 1000, "eval_every": 20, "mri_crop": (224, 176),
-                "network_args": {"channels": [64, 128, 256, 256]}, "lr": 3e-4},
+                "network_args": {"channels": [64, 128, 256, 256]}, "lr": 3e-4, "holdout_fraction": 0.1,
+                "refit_steps": 300},
         "denoise": {"max_steps": 10000, "window": 100, "patience": 1000, "eval_every": 20, "image_size": 256,
                     "network_args": {"in_channels": 32, "out_channels": 3, "channels_down": [128] * 5,
-                                     "channels_up": [128] * 5}},
+                                     "channels_up": [128] * 5}, "holdout_fraction": 0.1, "refit_steps": 300},
     },
 }
 
@@ -341,10 +393,15 @@ def run_early_stopping_suite(preset: str = "quick", *, data: Optional[Union[str,
         tasks[task] = result
         log(f"early-stopping {task}: stopped at {result['es_stop_step']} (kept {result['es_kept_step']}), "
             f"ES {result['es_psnr']:.2f} dB vs best {result['best_psnr']:.2f} dB at {result['best_step']}, "
-            f"saved {result['steps_saved']} of {result['max_steps']} steps")
+            f"saved {result['steps_saved']} of {result['max_steps']} steps; held-out rule: stopped at "
+            f"{result['holdout_stop_step']} (kept {result['holdout_kept_step']}), {result['holdout_psnr']:.2f} dB, "
+            f"after its refit {result['refit_psnr']:.2f} dB")
     if out_dir is not None:
-        levels = {f"{task}: ES-kept output": r["es_psnr"] for task, r in tasks.items()}
-        plot_curves({f"{task} (fixed run)": r["curve"] for task, r in tasks.items()},
+        levels = {f"{task}: {label}": r[key] for task, r in tasks.items()
+                  for label, key in (("ES-kept output", "es_psnr"), ("held-out rule + refit", "refit_psnr"))}
+        curves = {f"{task} (fixed run{label})": r[key] for task, r in tasks.items()
+                  for label, key in (("", "curve"), (", reconstruction", "reconstruction_curve"))}
+        plot_curves(curves,
                     Path(out_dir) / "early-stopping.png", levels=levels,
-                    title="DIP PSNR vs step (fixed run) and the PSNR of the ES-WMV choice")
+                    title="DIP PSNR vs step (fixed run); the PSNR of ES-WMV's and the held-out rule's choices")
     return {"tasks": tasks, "total_seconds": time.perf_counter() - start}

@@ -12,7 +12,9 @@ own maximum; the coil maps are estimated by ESPIRiT from each undersampled slice
   note without it.
 
 For each method (aSeqDIP, UGoDIT, Self-Guided DIP, DIP at the library's defaults) and volume, at 4x
-(fastMRI random columns, centre 0.08), the slices are fitted in order:
+(fastMRI random columns, centre 0.08), the slices are fitted one after another (``order``: from the first
+to the last, ``"first_to_last"``, or from the centre slice outwards, ``"centre_out"``: the centre one
+first, then two chains towards the ends, each slice from its neighbour nearer the centre):
 
 - ``cold``: every slice from scratch for ``cold_steps`` (today's ``ugodit reconstruct``);
 - ``warm``: the first slice as ``cold``, each next one started from its neighbour's fitted networks
@@ -53,25 +55,29 @@ from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL, classical_results, 
 
 VOLUME_METHODS = ("aseqdip", "ugodit", "self_guided_dip", "dip")
 MODES = ("cold", "warm", "warm_stop")
+ORDERS = ("first_to_last", "centre_out")
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # seconds, for the tests: two slices of one volume, a few steps
     "tiny": {"volumes": {"epi": [11, 12]}, "crop": (32, 32), "network_args": {"channels": [4, 8, 8, 8]},
              "methods": ["aseqdip"], "cold_steps": 6, "warm_steps": 3, "patience": 2, "check_every": 1,
              "holdout_fraction": 0.3, "refit_steps": 2, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3, 1e-2],
-             "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto"},
+             "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
+             "order": "first_to_last"},
     # for 2 CPU cores (about 25 minutes): 8 slices of each volume, aSeqDIP and UGoDIT
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
               "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "refit_steps": 50, "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto"},
+              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
+             "order": "first_to_last"},
     # for a GPU: every slice at the native size, all four methods
     "full": {"volumes": {"epi": list(range(24)), "dwi": list(range(10))}, "crop": None,
              "network_args": {"channels": [32, 64, 128, 128]}, "methods": list(VOLUME_METHODS),
              "cold_steps": 1000, "warm_steps": 300, "patience": 150, "check_every": 10, "holdout_fraction": 0.15,
              "refit_steps": 75, "eval_every": 50, "pretrain_steps": 1000, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
-             "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto"},
+             "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
+             "order": "first_to_last"},
 }
 
 
@@ -247,30 +253,48 @@ def volume_scores(images: List[torch.Tensor], targets: List[torch.Tensor]) -> Di
     return {k: round(float(v), 4) for k, v in values.items()}
 
 
+def chain_order(count: int, order: str) -> List[Tuple[int, Optional[int]]]:
+    """(slice position, the position it starts from, None: from scratch) in fitting order.
+
+    >>> chain_order(5, "centre_out")
+    [(2, None), (3, 2), (4, 3), (1, 2), (0, 1)]
+    """
+    if order == "first_to_last":
+        return [(k, k - 1 if k else None) for k in range(count)]
+    if order == "centre_out":
+        centre = count // 2
+        return ([(centre, None)] + [(k, k - 1) for k in range(centre + 1, count)]
+                + [(k, k + 1) for k in range(centre - 1, -1, -1)])
+    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
 def run_chain(method_name: str, mode: str, batches: List[Dict[str, Any]], settings: Dict[str, Any],
               weights: Optional[Path], seed: int, device: str, cold: Optional[List[Dict[str, Any]]] = None,
               log: Any = print) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
-    """The slices of a volume in order, for one method and mode: (the volume's summary, each slice's fit);
-    ``cold`` (the cold run's fits) gives the warm chain its first slice."""
-    fits: List[Dict[str, Any]] = []
-    state = None
-    for k, batch in enumerate(batches):
+    """The slices of a volume in ``settings["order"]``, for one method and mode: (the volume's summary, each
+    slice's fit, in slice order); ``cold`` (the cold run's fits) gives the warm chain its first slice."""
+    order = chain_order(len(batches), "first_to_last" if mode == "cold" else settings["order"])
+    done: Dict[int, Dict[str, Any]] = {}
+    for k, source in order:
+        batch, state = batches[k], None if source is None else done[source]["state"]
         if mode == "cold":
             fit = fit_slice(method_name, batch, settings, weights, seed, device, steps=settings["cold_steps"])
         elif mode == "warm":
-            fit = cold[0] if k == 0 else fit_slice(method_name, batch, settings, weights, seed, device,
-                                                   steps=settings["warm_steps"], warm=state)
+            fit = cold[k] if source is None else fit_slice(method_name, batch, settings, weights, seed, device,
+                                                           steps=settings["warm_steps"], warm=state)
         else:
             fit = fit_slice(method_name, batch, settings, weights, seed, device, warm=state, stop=True,
-                            steps=settings["cold_steps"] if k == 0 else settings["warm_steps"])
-        state = fit["state"]
-        fits.append(fit)
+                            steps=settings["cold_steps"] if source is None else settings["warm_steps"])
+        done[k] = fit
         log(f"    {method_name} {mode} slice {k}: {fit['psnr']:.2f} dB, {fit['steps']} steps, {fit['seconds']:.1f} s")
+    fits = [done[k] for k in range(len(batches))]
+    fitted = [k for k, _ in order]
     scores = volume_scores([f["image"] for f in fits], [b["target"] for b in batches])
     seconds = float(sum(f["seconds"] for f in fits))
     out = {"volume": scores, "seconds": round(seconds, 2), "slices_per_hour": round(3600.0 * len(fits) / seconds, 1),
            "steps": [f["steps"] for f in fits], "slice_psnr": [round(f["psnr"], 4) for f in fits],
-           "best_psnr": [f["best_psnr"] for f in fits], "cumulative_seconds": list(np.cumsum([f["seconds"] for f in fits]).round(2)),
+           "best_psnr": [f["best_psnr"] for f in fits], "fit_order": fitted,
+           "cumulative_seconds": list(np.cumsum([done[k]["seconds"] for k in fitted]).round(2)),  # in fitting order
            "curves": [f["curve"] for f in fits]}
     if mode == "warm_stop":
         gaps = [round(f["best_psnr"] - f.get("psnr_before_refit", f["psnr"]), 4) for f in fits]  # the rule's own
@@ -300,6 +324,8 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
     bad = [m for m in methods if m not in VOLUME_METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; the volume suite runs {VOLUME_METHODS}")
+    if settings["order"] not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {settings['order']!r}")
     root = data_root(data)
     results: Dict[str, Any] = {"settings": {k: v for k, v in settings.items()}, "volumes": {}, "notes": []}
     with tempfile.TemporaryDirectory(prefix="ugodit_volume_") as scratch:
@@ -419,5 +445,6 @@ def plot(results: Dict[str, Any], out_dir: Path) -> None:
 
 
 def _running_volume_psnr(run: Dict[str, Any]) -> List[float]:
-    values = run["slice_psnr"]
+    """The mean PSNR of the slices fitted so far, in fitting order."""
+    values = [run["slice_psnr"][k] for k in run.get("fit_order", range(len(run["slice_psnr"])))]
     return [float(np.mean(values[: k + 1])) for k in range(len(values))]
