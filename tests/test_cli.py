@@ -245,6 +245,40 @@ def test_reconstruct_images_with_a_config(tmp_path, capsys):
     assert all(0 < row["psnr"] < 60 for row in summary["items"])
 
 
+def test_reconstruct_inpainted_images_with_held_out_pixels(tmp_path, capsys):
+    """--stop heldout on images: pixels held out of the observed ones, a stop, then the refit on every pixel;
+    refused, before any fitting, for an operator without observed pixels to hold out (super-resolution)."""
+    from ugodit_pl.datamodules import demo_images
+    from ugodit_pl.methods import save_transferable_weights
+    from ugodit_pl.nets import build_network
+    import yaml
+
+    images = tmp_path / "images"
+    demo_images(images, size=32, names=["coffee"])
+    network_args = {"in_channels": 3, "out_channels": 3, "channels_down": [4, 4], "channels_up": [4, 4],
+                    "channels_skip": [1, 1]}
+    weights = tmp_path / "skip.pt"
+    save_transferable_weights(weights, build_network("skip", **network_args).encoder, network="skip",
+                              network_args=network_args, metadata={"operator": "Inpainting"})
+    settings = yaml.safe_load((ROOT / "configs" / "inpainting_ugodit_fit.yaml").read_text())
+    settings["data"]["init_args"].update(size=32, operator_args={"mask": "random", "drop_probability": 0.5})
+    config = tmp_path / "inpainting_fit.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    stopping = ("--config", str(config), "--clean", "--stop", "heldout", "--holdout-fraction", "0.2", "--patience", "2",
+                "--steps", "12", "--refit-steps", "2")
+    out = tmp_path / "out"
+    assert main(reconstruct_args(images, weights, out, *stopping)) == 0
+    summary = json.loads((out / "reconstruct_summary.json").read_text())
+    assert summary["refit_steps"] == 2 and 3 + 2 <= summary["items"][0]["steps"] <= 12 + 2
+    assert (out / "coffee.png").is_file() and 0 < summary["items"][0]["psnr"] < 60
+
+    sr = tmp_path / "sr"
+    assert main(reconstruct_args(images, weights, sr, "--clean", "--stop", "heldout")) == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and "'super_resolution'" in lines[0] and "--stop heldout" in lines[0]
+    assert not (sr / "coffee.png").exists()
+
+
 def test_reconstruct_refuses_weights_for_another_task(mri_folder, tmp_path, capsys):
     from ugodit_pl.methods import save_transferable_weights
     from ugodit_pl.nets import build_network

@@ -99,7 +99,7 @@ class Plan:
     warm_start: bool = False
     warm_steps: Optional[int] = None  # steps of a warm-started chunk (None: a third of ``steps``, rounded up)
     warm_input: str = "auto"  # where a warm slice's input starts (``ugodit_pl.methods.warm.INPUTS``)
-    stop: str = "none"  # "heldout": HeldOutEarlyStopping on held-out k-space (``holdout_fraction``)
+    stop: str = "none"  # "heldout": HeldOutEarlyStopping on held-out samples (``holdout_fraction``), then a refit
     holdout_fraction: float = 0.0
     patience: int = 200
     refit_steps: Optional[int] = None  # after a held-out stop, steps on every sample (None: a quarter of a warm budget)
@@ -243,8 +243,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise ValueError("--refit-steps refits a slice after its held-out stop: give --stop heldout too")
     holdout = 0.0
     if args.stop == "heldout":
-        if kind != "mri":
-            raise ValueError("--stop heldout holds out k-space: it needs fastMRI files, not images")
+        check_holds_out(kind, data_args)
         holdout = check_holdout_fraction(args.holdout_fraction)
         if holdout == 0.0:
             raise ValueError("--stop heldout needs --holdout-fraction in (0, 0.5)")
@@ -269,6 +268,21 @@ def check_output(out: Path) -> None:
 def check_data(plan: Plan) -> None:
     """Read and check every item (values, sizes) before anything is fitted; the first bad file is named."""
     build_datamodule(plan, plan.items).check()
+
+
+def check_holds_out(kind: str, data_args: Dict[str, Any]) -> None:
+    """``--stop heldout`` needs samples to hold out: k-space (fastMRI files) or observed pixels (inpainting)."""
+    if kind == "mri":
+        return
+    import inspect
+
+    from ugodit_pl.datamodules import DegradedImageDataModule
+
+    operator = data_args.get("operator", inspect.signature(DegradedImageDataModule).parameters["operator"].default)
+    if not str(operator).startswith("inpainting"):
+        raise ValueError(f"--stop heldout holds out measured samples: k-space of fastMRI files or observed pixels of "
+                         f"inpainting; these images are degraded by {operator!r} (give a --config with operator: "
+                         f"inpainting, or fit without --stop heldout)")
 
 
 def check_weights_fit_data(weights: Path, payload: Dict[str, Any], kind: str) -> None:
@@ -686,11 +700,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "neighbour's where the method's input is A^H y (aSeqDIP, Self-Guided DIP, UGoDIT), its "
                              "own otherwise (DIP's noise)")
     parser.add_argument("--stop", default="none", choices=("none", "heldout"),
-                        help="heldout: hold out --holdout-fraction of the sampled k-space, stop a slice when its "
-                             "error there has not fallen for --patience steps, keep its best reconstruction (with "
-                             "every measured sample put back); none (default): fixed steps")
+                        help="heldout: hold out --holdout-fraction of the sampled k-space (or of an inpainted image's "
+                             "observed pixels), stop a slice when its error there has not fallen for --patience steps, "
+                             "keep its best reconstruction and refit it on every sample (--refit-steps); none "
+                             "(default): fixed steps")
     parser.add_argument("--holdout-fraction", type=float, default=0.1,
-                        help="the part of the sampled k-space outside the calibration region held out (default 0.1)")
+                        help="the part of the sampled k-space outside the calibration region (or of the observed "
+                             "pixels) held out (default 0.1)")
     parser.add_argument("--patience", type=int, default=200, help="steps without improvement before a stop (default 200)")
     parser.add_argument("--refit-steps", type=int, default=None,
                         help="after a held-out stop, fit the slice on every measured sample for this many steps, from "

@@ -260,13 +260,14 @@ def early_stopping_benchmark(
     es_scores = _scores(kept[None], targets, support) if kept is not None else {}
 
     held = _held_out_fit(make, batch, targets, support, max_steps, holdout_fraction,
-                         patience if holdout_patience is None else holdout_patience, holdout_check_every, refit_steps, device)
+                         patience if holdout_patience is None else holdout_patience, holdout_check_every,
+                         refit_steps, device)
 
     trace = _Trace(eval_every, targets, support)
     fixed_method = make()
     fixed_wall = _fit(fixed_method, batch, max_steps, [trace], device)
-    curve = trace.psnr[main]
-    best_step = max(curve, key=curve.get)
+    curve, recon_curve = trace.psnr[main], trace.reconstruction_psnr
+    best_step, best_recon_step = max(curve, key=curve.get), max(recon_curve, key=recon_curve.get)
     kept_step = es.best_step.get(0)
     near = min(curve, key=lambda step: abs(step - kept_step)) if kept_step is not None else None
     result: Dict[str, Any] = {
@@ -302,12 +303,11 @@ def early_stopping_benchmark(
         "eval_every": eval_every,
         "curve": {"steps": sorted(curve), "psnr": [round(curve[k], 4) for k in sorted(curve)]},
         **held,
-        "best_reconstruction_psnr": max(trace.reconstruction_psnr.values()),
-        "best_reconstruction_step": max(trace.reconstruction_psnr, key=trace.reconstruction_psnr.get),
-        "holdout_gap_db": max(trace.reconstruction_psnr.values()) - held["holdout_psnr"],
-        "refit_gap_db": max(trace.reconstruction_psnr.values()) - held["refit_psnr"],
-        "reconstruction_curve": {"steps": sorted(trace.reconstruction_psnr),
-                                 "psnr": [round(trace.reconstruction_psnr[k], 4) for k in sorted(trace.reconstruction_psnr)]},
+        "best_reconstruction_psnr": recon_curve[best_recon_step],
+        "best_reconstruction_step": best_recon_step,
+        "holdout_gap_db": recon_curve[best_recon_step] - held["holdout_psnr"],
+        "refit_gap_db": recon_curve[best_recon_step] - held["refit_psnr"],
+        "reconstruction_curve": {"steps": sorted(recon_curve), "psnr": [round(recon_curve[k], 4) for k in sorted(recon_curve)]},
     }
     for name in list(targets)[1:]:
         other = trace.psnr[name]
