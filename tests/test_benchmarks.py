@@ -252,6 +252,17 @@ def test_mri_quality_two_worker_processes_give_the_one_process_results(tmp_path,
         {k: v for k, v in second["curve"].items() if k != "seconds"}
 
 
+def test_mri_quality_held_out_variant_stops_then_refits(tmp_path, shared_data):
+    variant = '{"aseqdip_heldout": {"method": "aseqdip", "args": {"holdout_fraction": 0.3}}}'
+    document = _run("mri-quality", tmp_path, shared_data, "--set", 'problems=["brain 48x40 4x"]',
+                    "--set", 'methods=["aseqdip"]', "--set", f"method_variants={variant}")
+    methods = document["result"]["problems"]["brain 48x40 4x"]["methods"]
+    held, plain = methods["aseqdip_heldout"], methods["aseqdip"]
+    assert set(held["held_out"]) == {"stopped_step", "kept_step", "refit_steps", "psnr_before_refit"}
+    assert held["steps"] == (held["held_out"]["stopped_step"] or 4) + 2 and plain["steps"] == 4
+    assert math.isfinite(held["held_out"]["psnr_before_refit"]) and held["metrics"]["psnr"] != plain["metrics"]["psnr"]
+
+
 def test_mri_quality_zero_filled_matches_an_independent_computation(shared_data):
     """The zero-filled PSNR of the suite equals a direct computation from the file (same mask, maps, target)."""
     import h5py

@@ -43,6 +43,10 @@ of a method under another name, with other arguments or another Lightning precis
 "ugodit", "args": {"compile": true}}}``; they are scored and summarised like the methods. ``workers``:
 fits run in that many processes (2 on a 2-core CPU, one thread each; 4 sharing the GPU in
 ``full``; 1 where the fits' seconds are compared). Every curve carries the fit's seconds at each point.
+A variant with ``holdout_fraction`` in its args is the held-out rule of ``ugodit reconstruct --stop
+heldout`` within the step budget: ``HeldOutEarlyStopping`` (``holdout_args``: ``patience``,
+``check_every``), then ``refit_steps`` on every sample from where it stopped; it is scored after the
+refit (``held_out`` records the stop and the PSNR before the refit), its seconds and steps include both.
 
 >>> PRESETS["quick"]["panel"], PRESETS["quick"]["steps"]
 ('quick', 600)
@@ -83,20 +87,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "pretrain_crop": (64, 64), "eval_every": 2, "coil_map_args": {"kernel_width": 4}, "sense_iter": 4,
         "l1_iter": 8, "l1_grid": [1e-3, 1e-2], "methods": METHODS, "workers": 1, "method_args": {},
         "es_args": {"window": 2, "patience": 2}, "pretrain_args": {}, "method_variants": {},
+        "holdout_args": {"patience": 2, "check_every": 1, "refit_steps": 2},
     },
     # about 40 min on 2 CPU cores: six problems up to 144 x 112, width-16 U-Net, 600 steps
     "quick": {
         "panel": "quick", "network_args": {"channels": [16, 32, 64, 64]}, "steps": 600, "pretrain_steps": 600,
         "pretrain_crop": (96, 72), "eval_every": 30, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
         "l1_grid": list(LAMDA_GRID), "methods": METHODS, "workers": 2, "method_args": {}, "es_args": {},
-        "pretrain_args": {}, "method_variants": {},
+        "pretrain_args": {}, "method_variants": {}, "holdout_args": {"patience": 200, "check_every": 10, "refit_steps": 100},
     },
     # the papers' setting (for a GPU, not run yet): full slices, the authors' U-Net width, 3000 steps
     "full": {
         "panel": "full", "network_args": {"channels": [64, 128, 256, 256]}, "steps": 3000, "pretrain_steps": 3000,
         "pretrain_crop": (128, 96), "eval_every": 100, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
         "l1_grid": list(LAMDA_GRID), "methods": METHODS, "workers": 4, "method_args": {}, "es_args": {},
-        "pretrain_args": {}, "method_variants": {},
+        "pretrain_args": {}, "method_variants": {}, "holdout_args": {"patience": 400, "check_every": 10, "refit_steps": 300},
     },
 }
 
@@ -239,8 +244,9 @@ def variant_of(name: str, settings: Dict[str, Any]) -> Tuple[str, Dict[str, Any]
 
 def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any],
                 weights: Optional[Path], seed: int, device: str) -> Dict[str, Dict[str, Any]]:
-    """One network fit with its curves; ``dip`` also yields ``dip_es`` (WMVEarlyStopping on the same run)."""
-    from ugodit_pl.callbacks import WMVEarlyStopping
+    """One network fit with its curves; ``dip`` also yields ``dip_es`` (WMVEarlyStopping on the same run); a
+    variant with ``holdout_fraction`` stops on held-out k-space and is refitted (see the module)."""
+    from ugodit_pl.callbacks import HeldOutEarlyStopping, WMVEarlyStopping
 
     steps = int(settings["steps"])
     base, extra, precision = variant_of(name, settings)
@@ -250,16 +256,33 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
     stopper = WMVEarlyStopping(**dict(settings.get("es_args") or {})) if name == "dip" else None
     if stopper is not None:
         callbacks.append(stopper)
+    holdout = dict(settings["holdout_args"]) if extra.get("holdout_fraction") else None
+    held_out_stop = HeldOutEarlyStopping(patience=int(holdout["patience"]), check_every=int(holdout["check_every"])) \
+        if holdout else None
+    if held_out_stop is not None:
+        callbacks.append(held_out_stop)
     seconds = fit_method(method, batch, steps, callbacks=callbacks, device=device, precision=precision)
     ema = reported_curve(tracker.curves["rss"])  # the EMA, with the measured k-space put back by default
+    fitted_steps = steps
+    held_out = None
+    if held_out_stop is not None:  # the refit on every sample, from where the held-out fit stopped
+        before = problem_metrics(method.reconstruction, batch["target"], support)
+        refit = network_method(base, settings, weights, seed, {k: v for k, v in extra.items() if k != "holdout_fraction"})
+        refit.warm_start(method.warm_state(0))
+        seconds += fit_method(refit, batch, int(holdout["refit_steps"]), device=device, precision=precision)
+        fitted_steps = int(held_out_stop.stopped_step or steps) + int(holdout["refit_steps"])
+        held_out = {"stopped_step": held_out_stop.stopped_step, "kept_step": held_out_stop.best_step.get(0),
+                    "refit_steps": int(holdout["refit_steps"]), "psnr_before_refit": before["psnr"]}
+        method = refit
     entry = {
-        "kind": "network", "steps": steps, "seconds": seconds, "seconds_metrics": tracker.eval_seconds,
+        "kind": "network", "steps": fitted_steps, "seconds": seconds, "seconds_metrics": tracker.eval_seconds,
         "metrics": problem_metrics(method.ema_output if name == "dip" else method.reconstruction, batch["target"], support),
         "metrics_last": problem_metrics(method.current_output, batch["target"], support),
         "settings": dict(describe(method), **({"precision": precision} if precision != "32-true" else {}),
                          **({"compile": method.compile_args} if method.compile_args is not None else {})),
         "curve": _compact(ema), "curve_last": _compact(tracker.curves["rss"]["last"]),
         "budget_change": _budget_change(ema, steps),
+        **({"held_out": held_out} if held_out is not None else {}),
     }
     out = {name: entry}
     if stopper is not None:
