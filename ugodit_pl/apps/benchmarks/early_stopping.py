@@ -202,7 +202,7 @@ def early_stopping_benchmark(
     device: str = "cpu",
     data_root: Union[str, Path] = DEFAULT_DATA,
 ) -> Dict[str, Any]:
-    """Run the two fits and return the figures (a flat dict, JSON-serialisable).
+    """Run the three fits (and the held-out rule's refit) and return the figures (a flat dict, JSON-serialisable).
 
     Args:
         task: ``"mri"`` or ``"denoise"`` (see the module docstring).
