@@ -354,6 +354,16 @@ def test_transfer_study_tiny(tmp_path, shared_data):
     assert "| encoder BatchNorm eval |" in text and "transfer study, UGoDIT - aSeqDIP" in text
 
 
+def test_volume_suite_runs_ugodit_beside_its_untrained_encoder_control(tmp_path, shared_data):
+    document = _run("volume", tmp_path, shared_data, "--set", 'methods=["ugodit", "ugodit_untrained"]',
+                    "--set", 'modes=["warm"]', "--set", "baselines=false")
+    result = document["result"]
+    assert result["pretraining"]["steps"] == 2 and result["pretraining_untrained"]["steps"] == 1
+    ugodit, control = (result["volumes"]["epi"]["methods"][m]["cold"] for m in ("ugodit", "ugodit_untrained"))
+    assert ugodit["slice_psnr"] != control["slice_psnr"]  # the same fit behind another encoder
+    assert {"ugodit epi", "ugodit_untrained epi"} <= set(result["summary"])
+
+
 def test_volume_suite_chains_from_the_centre_outwards(tmp_path, shared_data):
     document = _run("volume", tmp_path, shared_data, "--set", 'order="centre_out"', "--set", 'modes=["warm"]',
                     "--set", "baselines=false")

@@ -11,7 +11,8 @@ own maximum; the coil maps are estimated by ESPIRiT from each undersampled slice
   diffusion scan (128 x 128); needs ``pip install dipy`` (the ``bench`` extra) and is skipped with a
   note without it.
 
-For each method (aSeqDIP, UGoDIT, Self-Guided DIP, DIP at the library's defaults) and volume, at 4x
+For each method (aSeqDIP, UGoDIT, UGoDIT behind an untrained encoder (one pre-training step: the control
+that tells transfer from architecture), Self-Guided DIP, DIP at the library's defaults) and volume, at 4x
 (fastMRI random columns, centre 0.08), the slices are fitted one after another (``order``: from the first
 to the last, ``"first_to_last"``, or from the centre slice outwards, ``"centre_out"``: the centre one
 first, then two chains towards the ends, each slice from its neighbour nearer the centre):
@@ -50,10 +51,11 @@ import numpy as np
 import torch
 
 from ugodit_pl.apps.benchmarks import panel
+from ugodit_pl.arguments import check_choice
 from ugodit_pl.apps.benchmarks.common import data_root, fit_method
 from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL, classical_results, network_method, pretrain, pretraining_group
 
-VOLUME_METHODS = ("aseqdip", "ugodit", "self_guided_dip", "dip")
+VOLUME_METHODS = ("aseqdip", "ugodit", "ugodit_untrained", "self_guided_dip", "dip")
 MODES = ("cold", "warm", "warm_stop")
 ORDERS = ("first_to_last", "centre_out")
 
@@ -64,9 +66,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
              "holdout_fraction": 0.3, "refit_steps": 2, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3, 1e-2],
              "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
              "order": "first_to_last"},
-    # for 2 CPU cores (about 25 minutes): 8 slices of each volume, aSeqDIP and UGoDIT
+    # for 2 CPU cores (about 35 minutes): 8 slices of each volume, aSeqDIP, UGoDIT and its untrained-encoder control
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
-              "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit"],
+              "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit", "ugodit_untrained"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "refit_steps": 50, "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
               "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
@@ -259,13 +261,11 @@ def chain_order(count: int, order: str) -> List[Tuple[int, Optional[int]]]:
     >>> chain_order(5, "centre_out")
     [(2, None), (3, 2), (4, 3), (1, 2), (0, 1)]
     """
-    if order == "first_to_last":
+    if check_choice("order", order, ORDERS) == "first_to_last":
         return [(k, k - 1 if k else None) for k in range(count)]
-    if order == "centre_out":
-        centre = count // 2
-        return ([(centre, None)] + [(k, k - 1) for k in range(centre + 1, count)]
-                + [(k, k + 1) for k in range(centre - 1, -1, -1)])
-    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    centre = count // 2
+    return ([(centre, None)] + [(k, k - 1) for k in range(centre + 1, count)]
+            + [(k, k + 1) for k in range(centre - 1, -1, -1)])
 
 
 def run_chain(method_name: str, mode: str, batches: List[Dict[str, Any]], settings: Dict[str, Any],
@@ -324,22 +324,25 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
     bad = [m for m in methods if m not in VOLUME_METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; the volume suite runs {VOLUME_METHODS}")
-    if settings["order"] not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {settings['order']!r}")
+    check_choice("order", settings["order"], ORDERS)
     root = data_root(data)
     results: Dict[str, Any] = {"settings": {k: v for k, v in settings.items()}, "volumes": {}, "notes": []}
     with tempfile.TemporaryDirectory(prefix="ugodit_volume_") as scratch:
         folder, cache = Path(scratch), str(Path(scratch) / "coil_maps")
-        weights = None
-        if "ugodit" in methods:
-            weights = folder / "transferable_weights.pt"
+        weights: Dict[str, Path] = {}  # UGoDIT's transferable weights, and the control's untrained ones
+        encoders = [(name, key, steps) for name, key, steps in (
+            ("ugodit", "pretraining", int(settings["pretrain_steps"])),
+            ("ugodit_untrained", "pretraining_untrained", 1)) if name in methods]
+        if encoders:
             pairs, about = pretraining_group("4x", root, folder)
             crop = settings["crop"] or (128, 96)
+        for method_name, key, steps in encoders:
+            weights[method_name] = folder / f"{method_name}_weights.pt"
             info = pretrain("4x", pairs, {"pretrain_crop": crop, "network_args": settings["network_args"],
                                           "coil_map_args": {}, "pretrain_args": {}},
-                            weights, int(settings["pretrain_steps"]), cache, seed, device)
-            results["pretraining"] = {**info, "group": about}
-            log(f"  pre-trained UGoDIT on {about} ({info['seconds']:.0f} s)")
+                            weights[method_name], steps, cache, seed, device)
+            results[key] = {**info, "group": about}
+            log(f"  pre-trained {method_name} on {about}, {steps} step(s) ({info['seconds']:.0f} s)")
         for name, indices in settings["volumes"].items():
             try:
                 path, source = volume_file(name, folder, root)
@@ -362,12 +365,13 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
                 log(f"  {name} ({len(indices)} slices {shape[0]}x{shape[1]}): L1-wavelet "
                     f"{entry['methods']['l1_wavelet']['volume']['psnr']:.2f} dB")
             for method_name in methods:
-                cold_summary, cold_fits = run_chain(method_name, "cold", batches, settings, weights, seed, device, log=log)
+                encoder = weights.get(method_name)
+                cold_summary, cold_fits = run_chain(method_name, "cold", batches, settings, encoder, seed, device, log=log)
                 runs = {"cold": cold_summary}
                 if "warm" in settings["modes"]:
-                    runs["warm"], _ = run_chain(method_name, "warm", batches, settings, weights, seed, device, cold_fits, log)
+                    runs["warm"], _ = run_chain(method_name, "warm", batches, settings, encoder, seed, device, cold_fits, log)
                 if "warm_stop" in settings["modes"]:
-                    runs["warm_stop"], _ = run_chain(method_name, "warm_stop", batches, settings, weights, seed, device,
+                    runs["warm_stop"], _ = run_chain(method_name, "warm_stop", batches, settings, encoder, seed, device,
                                                      log=log)
                 entry["methods"][method_name] = runs
             entry["target_note"] = "RSS of the fully sampled simulated k-space, support-masked magnitudes"
