@@ -198,6 +198,23 @@ def test_a_warm_start_carries_the_networks_and_can_start_from_the_neighbours_ima
     assert all(torch.equal(loaded["modules"]["nets"][k], v) for k, v in state["modules"]["nets"].items())
 
 
+def test_a_refit_can_carry_the_ema_of_the_fit_it_continues():
+    """ema="carry": the EMA goes on from the other fit's reconstruction, weighted as the outputs it averaged."""
+    from ugodit_pl.methods.results import ema_past_weight
+
+    batch = mri_batch(num=1, size=32, seed=1)
+    state = fit(aseqdip(), batch, 5).warm_state()
+    assert state["ema_count"] == 5.0
+    carried = fit(aseqdip().warm_start(state, ema="carry"), batch, 1)
+    past = float(ema_past_weight(torch.tensor(5.0), carried.ema_decay, carried.ema_variant))
+    expected = past * state["reconstruction"][None].float() + (1.0 - past) * carried.current_output.float()
+    torch.testing.assert_close(carried.ema_output.float(), expected, rtol=0, atol=1e-4 * float(expected.abs().max()))
+    fresh = fit(aseqdip().warm_start(state), batch, 1)
+    torch.testing.assert_close(fresh.ema_output, fresh.current_output, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="ema"):
+        aseqdip().warm_start(state, ema="keep")
+
+
 def test_the_automatic_warm_input_keeps_dips_noise_and_neighbour_is_refused_for_it():
     def dip(**kwargs):
         return DIP(**{"num_measurements": 1, "network": "unet", "network_args": TINY_UNET, "seed": 9, **kwargs})

@@ -220,6 +220,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self._warm_image_shape: Optional[Tuple[int, int]] = None
         self._warm_inputs: Dict[int, torch.Tensor] = {}  # row -> a neighbour's reconstruction (warm_start)
         self._warm_input_rule = "auto"  # warm_start's ``input``
+        self._warm_emas: Dict[int, Tuple[torch.Tensor, float]] = {}  # row -> (image, count) (warm_start(ema="carry"))
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
@@ -345,7 +346,8 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         state.allocate(self.num_measurements, z.shape[1:], start.shape[1:], dtype=self.dtype, device=device)
         state.write("inputs", rows.to(device), z.to(device))
         state.write("scales", rows.to(device), scale.to(device))
-        state.share("inputs", "scales")
+        self._carry_emas(scale, rows.tolist(), self._should_normalize(raw_y))
+        state.share("inputs", "scales", "ema", "ema_count")
         names = batch.get("name") or [None] * len(rows)
         for row, name in zip(rows.tolist(), names):
             state.names[row] = name

@@ -59,6 +59,9 @@ FORMAT = "ugodit-pl/warm-state"
 #: Where a warm-started fit's input starts: its own A^H y (or noise, or reference), the neighbour's image made
 #: consistent with its own measured samples, or ``"auto"``: the neighbour's where that applies (see the module).
 INPUTS = ("auto", "measurement", "neighbour")
+#: Where a warm-started fit's EMA starts: empty (``"fresh"``, a neighbouring slice) or at the other fit's
+#: reconstruction with its count of averaged outputs (``"carry"``: a refit of the same measurement).
+EMAS = ("fresh", "carry")
 FORMAT_VERSION = 1
 
 
@@ -88,6 +91,7 @@ def warm_state(method: Any, row: int = 0) -> Dict[str, Any]:
                            for key, value in getattr(method, name).module_at(row).state_dict().items()}
                     for name in method.warm_modules},
         "source": method.fit_state.names[row] if row < len(method.fit_state.names) else None,
+        "ema_count": float(method.fit_state.ema_count[row]),  # outputs averaged (``warm_start(ema="carry")``)
         # the neighbour's image, in the measurement's units (the start of the next input, ``input="neighbour"``)
         "reconstruction": method.all_reconstructions()[row].detach().cpu().clone(),
     }
@@ -154,13 +158,15 @@ class WarmStarts:
         return warm_state(self, row)
 
     def warm_start(self, state: Union[Dict[str, Any], str, "os.PathLike[str]"],
-                   rows: Optional[List[int]] = None, input: str = "auto") -> Any:
+                   rows: Optional[List[int]] = None, input: str = "auto", ema: str = "fresh") -> Any:
         """Start the measurements ``rows`` of this fit (default: all) from a neighbour's ``warm_state()`` (or
         a file saved with ``ugodit_pl.methods.warm.save_warm_state``), before ``trainer.fit``; returns the
         method. Under DDP every process must make the same warm starts (all rows' networks are shared).
         ``input``: the rows' inputs start from their own measurement (``"measurement"``, A^H y), from the
         neighbour's reconstruction with their measured samples put in (``"neighbour"``; MRI and inpainting),
         or (``"auto"``) from the neighbour's where the method's input is A^H y and the operator allows it.
+        ``ema``: the rows' EMA starts empty (``"fresh"``) or continues the other fit's (``"carry"``: it starts at
+        ``state``'s reconstruction, weighted as the outputs it averaged; for a refit of the same measurement).
 
         Example::
 
@@ -168,6 +174,7 @@ class WarmStarts:
             nxt = ASeqDIP().warm_start(previous.warm_state()); pl.Trainer(max_steps=300).fit(nxt, slice_12)
         """
         check_choice("input", input, INPUTS)
+        check_choice("ema", ema, EMAS)
         if input == "neighbour" and self.input_init == "noise":
             raise ValueError(f"{type(self).__name__} starts from noise (input_init='noise'): a warm start cannot give "
                              f"it the neighbour's image as input; use input='measurement'")
@@ -178,7 +185,26 @@ class WarmStarts:
         if input == "neighbour" or (input == "auto" and self.input_init == "measurement"):
             for row in range(self.num_measurements) if rows is None else rows:
                 self._warm_inputs[int(row)] = state["reconstruction"]
+        for row in range(self.num_measurements) if rows is None else rows:
+            if ema == "carry":
+                self._warm_emas[int(row)] = (state["reconstruction"], float(state.get("ema_count", 0.0)))
+            else:
+                self._warm_emas.pop(int(row), None)
         return self
+
+    def _carry_emas(self, scale: torch.Tensor, rows: List[int], normalized: bool) -> None:
+        """Start the EMA of the rows that ``warm_start(ema="carry")`` named at the other fit's reconstruction
+        (in this fit's units), counted as the outputs it averaged."""
+        state = self.fit_state
+        for k, row in enumerate(rows):
+            if row not in self._warm_emas:
+                continue
+            image, count = self._warm_emas[row]
+            image = image.to(state.ema.device, state.ema.dtype)
+            image = image / scale[k].to(image.device, image.dtype) if normalized else image
+            index = torch.tensor([row], device=state.ema.device)
+            state.write("ema", index, image[None])
+            state.write("ema_count", index, torch.tensor([count], device=state.ema.device))
 
     def _warm_input(self, z: torch.Tensor, operator: Operator, y: torch.Tensor, scale: torch.Tensor,
                     rows: List[int]) -> torch.Tensor:

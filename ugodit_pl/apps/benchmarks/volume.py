@@ -26,8 +26,8 @@ first, then two chains towards the ends, each slice from its neighbour nearer th
   with ``holdout_fraction`` of the sampled k-space held out and ``HeldOutEarlyStopping`` (``patience``;
   at most ``cold_steps`` for the first slice, ``warm_steps`` for a warm one); the kept reconstruction
   carries every measured sample (final projection). Then, with ``refit_steps`` > 0, a short refit on
-  all the samples: a warm start from the stopped fit (its networks and image) for ``refit_steps``;
-  the image before the refit is scored too (``psnr_before_refit``), so that the projection alone and
+  all the samples: a warm start from the stopped fit (its networks and kept image) for ``refit_steps``,
+  with a fresh EMA or (``refit_ema="carry"``) the stopped fit's continued from its kept image; the image before the refit is scored too (``psnr_before_refit``), so that the projection alone and
   the refit are compared on the same fits. The fit runs on to its cap so that the best PSNR in
   hindsight is known, but everything reported (steps, seconds, the image, the state the next slice
   starts from) is what stopping would have given: the rule is applied as the fit goes, at the same
@@ -54,6 +54,7 @@ from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.arguments import check_choice
 from ugodit_pl.apps.benchmarks.common import data_root, fit_method
 from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL, classical_results, network_method, pretrain, pretraining_group
+from ugodit_pl.methods.warm import EMAS
 
 VOLUME_METHODS = ("aseqdip", "ugodit", "ugodit_untrained", "self_guided_dip", "dip")
 MODES = ("cold", "warm", "warm_stop")
@@ -65,21 +66,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
              "methods": ["aseqdip"], "cold_steps": 6, "warm_steps": 3, "patience": 2, "check_every": 1,
              "holdout_fraction": 0.3, "refit_steps": 2, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3, 1e-2],
              "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
-             "order": "first_to_last"},
+             "order": "first_to_last", "refit_ema": "fresh"},
     # for 2 CPU cores (about 35 minutes): 8 slices of each volume, aSeqDIP, UGoDIT and its untrained-encoder control
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
               "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit", "ugodit_untrained"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "refit_steps": 50, "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
               "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
-             "order": "first_to_last"},
+             "order": "first_to_last", "refit_ema": "fresh"},
     # for a GPU: every slice at the native size, all four methods
     "full": {"volumes": {"epi": list(range(24)), "dwi": list(range(10))}, "crop": None,
              "network_args": {"channels": [32, 64, 128, 128]}, "methods": list(VOLUME_METHODS),
              "cold_steps": 1000, "warm_steps": 300, "patience": 150, "check_every": 10, "holdout_fraction": 0.15,
              "refit_steps": 75, "eval_every": 50, "pretrain_steps": 1000, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
-             "order": "first_to_last"},
+             "order": "first_to_last", "refit_ema": "fresh"},
 }
 
 
@@ -214,10 +215,11 @@ def fit_slice(method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
         entry["curve"]["holdout_error"] = watch.holdout  # to judge other patiences offline
         stopped = watch.stop_step is not None
         kept = watch.kept if stopped else stopper.kept_output([0])
+        state = watch.kept_state if stopped else method.warm_state(0)
         entry.update(steps=watch.stop_step if stopped else int(steps),
                      seconds=watch.stop_seconds if stopped else seconds - watch.spent,
-                     kept_step=stopper.best_step.get(0), stopped=stopped,
-                     image=_magnitude(kept, batch), state=watch.kept_state if stopped else method.warm_state(0))
+                     kept_step=stopper.best_step.get(0), stopped=stopped, image=_magnitude(kept, batch),
+                     state={**state, "reconstruction": kept[0].detach().cpu()})  # as the callback leaves it
     else:
         entry.update(steps=int(steps), seconds=seconds - watch.spent, image=_magnitude(method.reconstruction, batch),
                      state=method.warm_state(0))
@@ -231,7 +233,7 @@ def _refit(entry: Dict[str, Any], method_name: str, batch: Dict[str, Any], setti
            weights: Optional[Path], seed: int, device: str, *, warm: bool) -> Dict[str, Any]:
     """A stopped fit continued on every measured sample for ``refit_steps``, from its networks and image."""
     method = network_method(method_name, settings, weights, seed, dict(settings["warm_args"]) if warm else {})
-    method.warm_start(entry["state"], input="auto")
+    method.warm_start(entry["state"], input="auto", ema=settings["refit_ema"])
     steps = int(settings["refit_steps"])
     seconds = fit_method(method, batch, steps, device=device)
     image = _magnitude(method.reconstruction, batch)
@@ -325,6 +327,7 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
     if bad:
         raise ValueError(f"unknown method(s) {bad}; the volume suite runs {VOLUME_METHODS}")
     check_choice("order", settings["order"], ORDERS)
+    check_choice("refit_ema", settings["refit_ema"], EMAS)
     root = data_root(data)
     results: Dict[str, Any] = {"settings": {k: v for k, v in settings.items()}, "volumes": {}, "notes": []}
     with tempfile.TemporaryDirectory(prefix="ugodit_volume_") as scratch:
