@@ -263,6 +263,32 @@ def test_mri_quality_held_out_variant_stops_then_refits(tmp_path, shared_data):
     assert math.isfinite(held["held_out"]["psnr_before_refit"]) and held["metrics"]["psnr"] != plain["metrics"]["psnr"]
 
 
+def test_mri_quality_ensemble_variant_scores_the_mean_of_its_members_at_its_own_steps(tmp_path, shared_data):
+    variant = '{"aseqdip_k2": {"method": "aseqdip", "ensemble": 2, "steps": 3}}'
+    document = _run("mri-quality", tmp_path, shared_data, "--set", 'problems=["brain 48x40 4x"]',
+                    "--set", 'methods=["aseqdip"]', "--set", f"method_variants={variant}")
+    methods = document["result"]["problems"]["brain 48x40 4x"]["methods"]
+    ensemble, plain = methods["aseqdip_k2"], methods["aseqdip"]
+    members = ensemble["ensemble"]["member_psnr"]
+    assert ensemble["steps"] == 3 and plain["steps"] == 4 and "ensemble" not in plain
+    assert len(members) == 2 and ensemble["curve"]["steps"][-1] == 3  # (members differ: test_ensemble.py)
+    assert ensemble["metrics"]["psnr"] == pytest.approx(ensemble["curve"]["psnr"][-1], abs=1e-3)
+
+
+@pytest.mark.parametrize("variant, match", [
+    ({"method": "aseqdip", "ensemble": 2, "args": {"holdout_fraction": 0.3}}, "ensemble with held-out samples"),
+    ({"method": "aseqdip", "ensemble": 0}, "ensemble"),
+    ({"method": "aseqdip", "seeds": 2}, "unknown key"),
+])
+def test_mri_quality_refuses_a_bad_variant_before_fitting(variant, match):
+    from ugodit_pl.apps.benchmarks.mri_quality import variant_budget, variant_of
+
+    settings = {"steps": 4, "method_variants": {"v": variant}}
+    with pytest.raises(ValueError, match=match):
+        variant_of("v", settings)
+        variant_budget("v", settings)
+
+
 def test_mri_quality_zero_filled_matches_an_independent_computation(shared_data):
     """The zero-filled PSNR of the suite equals a direct computation from the file (same mask, maps, target)."""
     import h5py

@@ -21,11 +21,14 @@ _NAMES = {
     "UGoDITFit": ".ugodit",
     "save_transferable_weights": ".transferable",
     "load_transferable_weights": ".transferable",
+    "repeat_measurements": ".ensemble",
+    "ensemble_mean": ".ensemble",
 }
 if TYPE_CHECKING:  # names for IDEs and type checkers; at run time they load on first use
     from .aseqdip import ASeqDIP, SequentialInputObjective
     from .base import ReconstructionMethod
     from .dip import DIP, ReferenceGuidedDIP
+    from .ensemble import ensemble_mean, repeat_measurements
     from .self_guided import SelfGuidedDIP
     from .transferable import load_transferable_weights, save_transferable_weights
     from .ugodit import UGoDITFit, UGoDITPretrain

@@ -90,7 +90,8 @@ class ASeqDIP(SequentialInputObjective):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.nets = per_measurement_networks(
-            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual,
+            self.network_seeds,
         )
         self.save_hyperparameters()
 

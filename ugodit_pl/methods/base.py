@@ -50,7 +50,7 @@ from ugodit_pl.methods.holdout import PATTERNS as HOLDOUT_PATTERNS
 from ugodit_pl.methods.holdout import check_holdout_fraction, holdout_error, split_measurement
 from ugodit_pl.methods.inputs import INPUT_INITS, initial_input
 from ugodit_pl.methods.losses import LOSS_NORMS, residual_norm, total_variation
-from ugodit_pl.methods.networks import NETWORK_INITS
+from ugodit_pl.methods.networks import NETWORK_INITS, NETWORK_SEEDS
 from ugodit_pl.methods.optim import adam, check_optimizer_args
 from ugodit_pl.methods.results import FittedResults, ema_past_weight
 from ugodit_pl.methods.scaling import apply_scale, in_precision, measurement_scale
@@ -89,6 +89,9 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         network_args: its constructor arguments.
         network_init: ``"default"`` (PyTorch's layer initialisation) or ``"normal"`` (the authors'
             notebooks: N(0, 0.02) convolutions, N(1, 0.02) BatchNorm weights, zero biases).
+        network_seeds: ``"shared"`` (every measurement's network starts from the same weights: batched
+            equals looped) or ``"per_row"`` (row i's from its own draw: copies of one measurement are
+            an ensemble, ``ugodit_pl.methods.ensemble``).
         lr: Adam learning rate of the network weights; None takes the authors' default for the
             network (``DEFAULT_LR``).
         optimizer_args: further arguments of ``torch.optim.Adam`` (``betas``, ``weight_decay``,
@@ -156,6 +159,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         network: str = "unet",
         network_args: Optional[Dict[str, Any]] = None,
         network_init: str = "default",
+        network_seeds: str = "shared",
         lr: Optional[float] = None,
         optimizer_args: Optional[Dict[str, Any]] = None,
         loss_norm: str = "mse",
@@ -180,10 +184,12 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         check_choice("input_init", input_init, INPUT_INITS)
         check_choice("ema_variant", ema_variant, EMA_VARIANTS)
         check_choice("network_init", network_init, NETWORK_INITS)
+        check_choice("network_seeds", network_seeds, NETWORK_SEEDS)
         self.num_measurements = whole("num_measurements", num_measurements, minimum=1)
         self.network_name = network.lower()
         self.network_args = dict(network_args or {})
         self.network_init = network_init
+        self.network_seeds = network_seeds
         self.lr = positive("lr", lr) if lr is not None else network_default(DEFAULT_LR, self.network_name)
         self.optimizer_args = check_optimizer_args(optimizer_args)
         self.loss_norm = loss_norm

@@ -40,7 +40,8 @@ class DIP(ReconstructionMethod):
         super().__init__(input_init=input_init, **kwargs)
         self.input_perturbation = non_negative("input_perturbation", input_perturbation)
         self.nets = per_measurement_networks(
-            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual,
+            self.network_seeds,
         )
         self.save_hyperparameters()
 

@@ -69,7 +69,8 @@ class SelfGuidedDIP(ReconstructionMethod):
         self.input_lr = positive("input_lr", network_default(DEFAULT_INPUT_LR, self.network_name)
                                  if input_lr is None else input_lr)
         self.nets = per_measurement_networks(
-            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual
+            self.network_name, self.network_args, self.num_measurements, self.seed, self.network_init, self.residual,
+            self.network_seeds,
         )
         self.save_hyperparameters()
 

@@ -23,7 +23,7 @@ import torch
 
 from ugodit_pl.arguments import check_choice
 from ugodit_pl.methods.aseqdip import SequentialInputObjective
-from ugodit_pl.methods.networks import seeded_network
+from ugodit_pl.methods.networks import seeded_network, stack_of_networks
 from ugodit_pl.methods.trainer_access import world_size
 from ugodit_pl.methods.transferable import (
     check_weights_task,
@@ -143,7 +143,7 @@ class UGoDITFit(SequentialInputObjective):
     - ``"eval"``: normalise with the running statistics collected during pre-training.
 
     The decoder is initialised afresh from ``seed`` (``network_init``); every measurement of a batch
-    starts from the same decoder.
+    starts from the same decoder (or, with ``network_seeds="per_row"``, each from its own draw).
 
     Args:
         weights: path of the transferable-weights file written by ``UGoDITPretrain``.
@@ -192,22 +192,28 @@ class UGoDITFit(SequentialInputObjective):
         self.encoder_bn = encoder_bn
         self.pretraining = dict(payload.get("metadata", {}))
         dtype = weights_dtype(payload)  # the file's precision, kept: float64 pre-training is not rounded on load
-        if self.network_init == "normal":
-            with torch.device("meta"):  # the architecture only: the weights come from the file and the re-initialisation
-                net = build_network(self.network_name, **self.network_args)
-            net = net.to_empty(device="cpu").to(dtype)
-            decoder = reinit_decoder_(net.decoder, self.seed)
-        else:
-            net = seeded_network(self.network_name, self.network_args, self.seed).to(dtype)
-            decoder = net.decoder
-        self.encoder = net.encoder
+
+        def fresh_network(seed: int) -> torch.nn.Module:  # its decoder is drawn from ``seed`` (``network_init``)
+            if self.network_init == "normal":
+                with torch.device("meta"):  # the architecture only: the weights come from the file and the re-initialisation
+                    net = build_network(self.network_name, **self.network_args)
+                net = net.to_empty(device="cpu").to(dtype)
+                reinit_decoder_(net.decoder, seed)
+                return net
+            return seeded_network(self.network_name, self.network_args, seed).to(dtype)
+
+        def fresh_decoder(seed: int) -> torch.nn.Module:
+            decoder = fresh_network(seed).decoder
+            return zero_output_layer_(decoder) if self.residual else decoder
+
+        self.encoder = fresh_network(self.seed).encoder
         load_state_strict(self.encoder, payload["encoder"], repr(str(weights)), f"this {self.network_name} encoder")
         self.encoder.requires_grad_(False)
         if encoder_bn == "train":
             for layer in self.encoder.modules():
                 if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                     layer.track_running_stats = False  # batch statistics, buffers left as loaded
-        self.decoders = ModuleStack(zero_output_layer_(decoder) if self.residual else decoder, self.num_measurements)
+        self.decoders = stack_of_networks(fresh_decoder, self.num_measurements, self.seed, self.network_seeds)
         self.to(dtype)  # the module's dtype (Lightning's ``self.dtype``, which sizes the fitting state) is the file's
         self.save_hyperparameters()
         self.train(self.training)  # Lightning >= 2.2 keeps a module's modes at fit start: set them now

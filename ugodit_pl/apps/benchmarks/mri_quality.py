@@ -40,7 +40,10 @@ method and to ``UGoDITPretrain`` (e.g. ``--set 'method_args={"aseqdip": {"residu
 the papers' network); they are recorded with the settings. ``method_variants`` (default none) add fits
 of a method under another name, with other arguments or another Lightning precision, e.g.
 ``{"ugodit_bf16": {"method": "ugodit", "precision": "bf16-mixed"}, "ugodit_compiled": {"method":
-"ugodit", "args": {"compile": true}}}``; they are scored and summarised like the methods. ``workers``:
+"ugodit", "args": {"compile": true}}}``; they are scored and summarised like the methods. A variant may
+fit for its own number of ``steps``, and as an ``ensemble`` of K: K fits of the measurement from their
+own initial weights (``network_seeds="per_row"``), in one batch, scored as the mean of their
+reconstructions (``ugodit_pl.methods.ensemble``; each member's PSNR is recorded too). ``workers``:
 fits run in that many processes (2 on a 2-core CPU, one thread each; 4 sharing the GPU in
 ``full``; 1 where the fits' seconds are compared). Every curve carries the fit's seconds at each point.
 A variant with ``holdout_fraction`` in its args is the held-out rule of ``ugodit reconstruct --stop
@@ -65,7 +68,9 @@ import torch
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, reported_curve
 from ugodit_pl.complex import magnitude as complex_magnitude
+from ugodit_pl.arguments import whole
 from ugodit_pl.lamda_rules import LAMDA_GRID
+from ugodit_pl.methods.ensemble import ensemble_mean, repeat_measurements
 
 __all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "pretraining_group", "problem_metrics", "variant_of"]
 
@@ -77,6 +82,7 @@ CS_METHODS = ("l1_wavelet", "total_variation")
 CLASSICAL = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation",
              "total_variation_auto", "total_variation_tuned")
 #: The references of the summary's margins (the network methods are judged against ``l1_wavelet_auto``).
+VARIANT_KEYS = ("method", "args", "precision", "steps", "ensemble")
 REFERENCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation_auto",
               "total_variation_tuned")
 
@@ -119,11 +125,13 @@ def problem_metrics(recon: torch.Tensor, target: torch.Tensor, support: torch.Te
     return out
 
 
-def _curve_metrics(support: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]]:
+def _curve_metrics(support: torch.Tensor, size: int = 1) -> Callable[[torch.Tensor, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Metrics of outputs against the target; with ``size`` > 1, of the mean of each ensemble of ``size`` rows."""
     from ugodit_pl.metrics import mri_metrics
 
     def metric_fn(output: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return mri_metrics(complex_magnitude(output.detach().cpu()).float() * support.cpu(), target.cpu())
+        output = ensemble_mean(output.detach().cpu(), size)
+        return mri_metrics(complex_magnitude(output).float() * support.cpu(), target.cpu())
 
     return metric_fn
 
@@ -236,10 +244,24 @@ def variant_of(name: str, settings: Dict[str, Any]) -> Tuple[str, Dict[str, Any]
     if base not in METHODS or base == "deepinv_dip":
         raise ValueError(f"variant {name!r}: 'method' must be one of the network methods "
                          f"{', '.join(m for m in METHODS if m != 'deepinv_dip')}, got {base!r}")
-    unknown = sorted(set(variant) - {"method", "args", "precision"})
+    unknown = sorted(set(variant) - set(VARIANT_KEYS))
     if unknown:
-        raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; a variant has method, args and precision")
+        raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; a variant has {', '.join(VARIANT_KEYS)}")
     return base, {**method_args, **dict(variant.get("args") or {})}, str(variant.get("precision", "32-true"))
+
+
+def variant_budget(name: str, settings: Dict[str, Any]) -> Tuple[int, int]:
+    """(steps, ensemble size) of a method or ``method_variants`` name: the preset's steps and 1 unless the
+    variant gives ``steps`` or ``ensemble``.
+
+    >>> variant_budget("aseqdip_k3", {"steps": 600, "method_variants": {"aseqdip_k3": {"method": "aseqdip", "ensemble": 3, "steps": 200}}})
+    (200, 3)
+    """
+    variant = (settings.get("method_variants") or {}).get(name) or {}
+    if int(variant.get("ensemble", 1)) > 1 and (variant.get("args") or {}).get("holdout_fraction"):
+        raise ValueError(f"variant {name!r}: an ensemble with held-out samples is not measured; drop one of them")
+    return (whole(f"variant {name!r}: steps", variant.get("steps", settings["steps"]), minimum=1),
+            whole(f"variant {name!r}: ensemble", variant.get("ensemble", 1), minimum=1))
 
 
 def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, settings: Dict[str, Any],
@@ -248,10 +270,13 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
     variant with ``holdout_fraction`` stops on held-out k-space and is refitted (see the module)."""
     from ugodit_pl.callbacks import HeldOutEarlyStopping, WMVEarlyStopping
 
-    steps = int(settings["steps"])
+    steps, size = variant_budget(name, settings)
     base, extra, precision = variant_of(name, settings)
+    target = batch["target"]
+    if size > 1:  # K fits from their own initial weights, as one batch; scored as their mean
+        batch, extra = repeat_measurements(batch, size), {**extra, "num_measurements": size, "network_seeds": "per_row"}
     method = network_method(base, settings, weights, seed, extra)
-    tracker = CurveTracker({"rss": batch["target"]}, _curve_metrics(support), int(settings["eval_every"]), steps)
+    tracker = CurveTracker({"rss": target}, _curve_metrics(support, size), int(settings["eval_every"]), steps)
     callbacks = [tracker.callback()]
     stopper = WMVEarlyStopping(**dict(settings.get("es_args") or {})) if name == "dip" else None
     if stopper is not None:
@@ -274,15 +299,18 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
         held_out = {"stopped_step": held_out_stop.stopped_step, "kept_step": held_out_stop.best_step.get(0),
                     "refit_steps": int(holdout["refit_steps"]), "psnr_before_refit": before["psnr"]}
         method = refit
+    final = method.ema_output if name == "dip" else method.reconstruction
     entry = {
         "kind": "network", "steps": fitted_steps, "seconds": seconds, "seconds_metrics": tracker.eval_seconds,
-        "metrics": problem_metrics(method.ema_output if name == "dip" else method.reconstruction, batch["target"], support),
-        "metrics_last": problem_metrics(method.current_output, batch["target"], support),
+        "metrics": problem_metrics(ensemble_mean(final, size), target, support),
+        "metrics_last": problem_metrics(ensemble_mean(method.current_output, size), target, support),
         "settings": dict(describe(method), **({"precision": precision} if precision != "32-true" else {}),
                          **({"compile": method.compile_args} if method.compile_args is not None else {})),
         "curve": _compact(ema), "curve_last": _compact(tracker.curves["rss"]["last"]),
         "budget_change": _budget_change(ema, steps),
         **({"held_out": held_out} if held_out is not None else {}),
+        **({"ensemble": {"size": size, "member_psnr": [round(problem_metrics(final[k:k + 1], target, support)["psnr"], 4)
+                                                        for k in range(size)]}} if size > 1 else {}),
     }
     out = {name: entry}
     if stopper is not None:
@@ -417,6 +445,7 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
         if name in METHODS or name in CLASSICAL:
             raise ValueError(f"variant name {name!r} is a method's name; give the variant its own name")
         variant_of(name, settings)
+        variant_budget(name, settings)
     entries, notes = list(panel.PANELS[settings["panel"]]), []
     if settings.get("problems"):
         entries = [e for e in entries if e["name"] in settings["problems"]]
@@ -500,6 +529,8 @@ def _cost(task: Dict[str, Any]) -> float:
     if task["kind"] == "network":
         method, args, _ = variant_of(task["method"], task["settings"])
         draws = float(args.get("num_draws") or 1) if method == "self_guided_dip" else 1.0  # J passes per step
+        steps, size = variant_budget(task["method"], task["settings"])
+        draws *= size * steps / int(task["settings"]["steps"])
     factor = {"classical": 0.1, "deepinv": 1.5, "network": draws}
     return height * width * factor[task["kind"]]
 
