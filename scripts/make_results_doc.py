@@ -346,7 +346,7 @@ def volume_section(doc: Dict[str, Any]) -> str:
                 if mode not in runs:
                     continue
                 run = runs[mode]
-                gap = f"{100 * run['within_0_3_db']:.0f}%" if "within_0_3_db" in run else "-"
+                gap = f"{100 * run['within_0_3_db']:.0f}%" if run.get("within_0_3_db") is not None else "-"
                 rows.append([f"{method}: {label}", run["volume"]["psnr"], run["volume"]["ssim"], run["seconds"],
                              run["slices_per_hour"], f"{min(run['steps'])}-{max(run['steps'])}", gap])
                 if "volume_before_refit" in run:
@@ -427,9 +427,10 @@ def summary(docs: List[Any]) -> List[str]:
                 if "warm_psnr" in row:
                     parts.append(f"{how} {row['warm_psnr_change']:+.2f} dB in x{row['warm_time_ratio']:.2f} of the time")
                 if "warm_stop_psnr" in row:
+                    share = row.get("stop_within_0_3_db")
                     parts.append(f"warm + held-out stopping {row['warm_stop_psnr_change']:+.2f} dB in "
-                                 f"x{row['warm_stop_time_ratio']:.2f} (stop within 0.3 dB of the best on "
-                                 f"{100 * row['stop_within_0_3_db']:.0f}% of slices)")
+                                 f"x{row['warm_stop_time_ratio']:.2f}" + ("" if share is None else
+                                 f" (stop within 0.3 dB of the best on {100 * share:.0f}% of the slices it ruled)"))
                 if "warm_stop_psnr_change_before_refit" in row:
                     parts.append(f"before its refit {row['warm_stop_psnr_change_before_refit']:+.2f} dB")
                 lines.append(f"- volume {key}: " + "; ".join(parts) + f" {where}")
