@@ -398,6 +398,18 @@ def test_volume_suite_chains_from_the_centre_outwards(tmp_path, shared_data):
     assert warm["steps"] == [3, 6] and warm["slice_psnr"][1] == cold["slice_psnr"][1]
 
 
+def test_volume_suite_holds_out_on_the_warm_slices_only(tmp_path, shared_data):
+    document = _run("volume", tmp_path, shared_data, "--set", 'heldout_slices="warm"', "--set", 'modes=["warm_stop"]',
+                    "--set", "baselines=false")
+    cold, chain = (document["result"]["volumes"]["epi"]["methods"]["aseqdip"][m] for m in ("cold", "warm_stop"))
+    assert chain["steps"][0] == 6 and chain["slice_psnr"][0] == cold["slice_psnr"][0]  # the cold fit, every sample
+    assert chain["gap_to_best"][0] is None and chain["gap_to_best"][1] is not None  # the rule judged where it ruled
+    assert chain["steps"][1] == 5 and chain["stopped"][0] is False  # held out and capped at 3, then 2 refit steps
+    assert "heldout_slices" in document["result"]["settings"]
+    assert cli.main(["volume", "--preset", "tiny", "--out", str(tmp_path), "--data", str(shared_data),
+                     "--set", 'heldout_slices="first"']) == 2
+
+
 def _results_doc_module():
     import importlib.util
 

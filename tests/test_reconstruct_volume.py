@@ -70,8 +70,8 @@ def test_an_interrupted_warm_run_resumes_to_the_same_volume_bit_for_bit(volume, 
     handler = signal.getsignal(signal.SIGINT)
     original, built = reconstruct.build_method, []
 
-    def build(plan, count):
-        method = original(plan, count)
+    def build(plan, count, holdout=True):
+        method = original(plan, count, holdout)
         built.append(method)
         if len(built) == 3:
             def interrupt(*a, **k):
@@ -107,7 +107,24 @@ def test_held_out_stopping_in_reconstruct_then_a_refit_on_every_sample(volume, w
     assert np.isfinite(volume_of(refitted)).all() and not np.array_equal(volume_of(refitted), volume_of(projected))
 
 
+def test_held_out_stopping_on_the_warm_slices_only(volume, weights, tmp_path):
+    chain = ("--warm-start", "--stop", "heldout", "--holdout-fraction", "0.4", "--patience", "2", "--steps", "30",
+             "--slices", "0:3")
+    warm_only, cold = tmp_path / "warm_only", tmp_path / "cold"
+    assert main(args(volume, weights, warm_only, *chain, "--heldout-slices", "warm")) == 0
+    assert main(args(volume, weights, cold, "--steps", "30", "--slices", "0:1")) == 0
+    summary = json.loads((warm_only / "reconstruct_summary.json").read_text())
+    assert summary["heldout_slices"] == "warm" and summary["refit_steps"] == 3
+    first, *rest = summary["items"]
+    assert first["steps"] == 30  # every sample, the full budget, no refit: the slice as a cold run fits it
+    np.testing.assert_array_equal(volume_of(warm_only)[0], volume_of(cold)[0])
+    assert all(2 + 3 <= row["steps"] <= 10 + 3 for row in rest)  # held out, stopped within the warm budget, refitted
+
+
 @pytest.mark.parametrize("extra, message", [
+    (("--stop", "heldout", "--heldout-slices", "warm"),
+     "--heldout-slices warm chooses which slices of a warm-started chain hold samples out: give --warm-start and "
+     "--stop heldout too"),
     (("--warm-steps", "2"), "--warm-steps and --warm-input set how slices are warm-started: give --warm-start too"),
     (("--stop", "heldout", "--holdout-fraction", "0.5"), r"holdout_fraction must be 0 \(off\) or in \(0, 0.5\)"),
     (("--stop", "heldout", "--holdout-fraction", "0.01"), "demo_mri_00.h5/slice_000: holdout_fraction=0.01 holds out"),

@@ -52,6 +52,8 @@ from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progr
 from ugodit_pl.methods.defaults import SEQUENTIAL_DEFAULTS
 from ugodit_pl.methods.warm import INPUTS
 
+HELDOUT_SLICES = ("all", "warm")  # which slices of a warm-started chain hold samples out (``--heldout-slices``)
+
 SUMMARY = "reconstruct_summary.json"
 DEFAULT_STEPS = {"mri": 2000, "image": 20000}
 
@@ -103,6 +105,17 @@ class Plan:
     holdout_fraction: float = 0.0
     patience: int = 200
     refit_steps: Optional[int] = None  # after a held-out stop, steps on every sample (None: a quarter of a warm budget)
+    heldout_slices: str = "all"  # "warm": only warm-started slices hold out and stop; a chain's first fits every sample
+
+    def holds_out(self, warm: bool) -> bool:
+        """Whether a chunk (warm-started or not) holds samples out and stops by the held-out rule.
+
+        >>> plan = Plan("mri", [], Path("w.pt"), Path("out"), steps=600, chunk_size=1, warm_start=True,
+        ...             stop="heldout", heldout_slices="warm")
+        >>> plan.holds_out(warm=False), plan.holds_out(warm=True)
+        (False, True)
+        """
+        return self.stop == "heldout" and (self.heldout_slices == "all" or warm)
 
     def steps_for(self, warm: bool) -> int:
         """The step budget of a chunk: ``warm_steps`` (default a third of ``steps``, the budget at which the
@@ -237,6 +250,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         whole("--warm-steps", args.warm_steps, minimum=1)
     if (args.warm_steps is not None or args.warm_input is not None) and not args.warm_start:
         raise ValueError("--warm-steps and --warm-input set how slices are warm-started: give --warm-start too")
+    if args.heldout_slices != "all" and not (args.warm_start and args.stop == "heldout"):
+        raise ValueError(f"--heldout-slices {args.heldout_slices} chooses which slices of a warm-started chain hold "
+                         f"samples out: give --warm-start and --stop heldout too")
     if args.refit_steps is not None:
         whole("--refit-steps", args.refit_steps, minimum=0)
         if args.stop != "heldout":
@@ -252,7 +268,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 trainer_args, bool(args.overwrite), warm_start=bool(args.warm_start), warm_steps=args.warm_steps,
                 warm_input=args.warm_input or "auto",
                 stop=args.stop, holdout_fraction=holdout, patience=whole("--patience", args.patience, minimum=1),
-                refit_steps=args.refit_steps)
+                refit_steps=args.refit_steps, heldout_slices=args.heldout_slices)
     check_output(plan.out)
     check_data(plan)
     return plan
@@ -413,13 +429,15 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
     fitted method)."""
     from ugodit_pl.callbacks import HeldOutEarlyStopping
 
+    started_warm = bool(warm) and all(state is not None for state in warm)
+    ruled = plan.holds_out(warm=started_warm)  # this chunk holds samples out and stops by the held-out rule
     datamodule = build_datamodule(plan, chunk)
-    method = build_method(plan, len(chunk))
+    method = build_method(plan, len(chunk), holdout=ruled)
     for row, state in enumerate(warm or []):
         if state is not None:
             method.warm_start(state, rows=[row], input=plan.warm_input)
-    steps, refit = plan.steps_for(warm=bool(warm) and all(state is not None for state in warm)), plan.refit()
-    stop = [HeldOutEarlyStopping(patience=plan.patience)] if plan.stop == "heldout" else []
+    steps, refit = plan.steps_for(warm=started_warm), plan.refit() if ruled else 0
+    stop = [HeldOutEarlyStopping(patience=plan.patience)] if ruled else []
     started = time.perf_counter()
     trainer = _fit(plan, method, datamodule, steps, stop + ([] if refit else [writer]), progress, label)
     if refit:  # the stopped fit's networks and best image, fitted on every sample (the held-out ones too)
@@ -619,6 +637,7 @@ def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[
         "warm_steps": plan.steps_for(warm=True) if plan.warm_start else None,
         "stop": plan.stop,
         "refit_steps": plan.refit(),
+        "heldout_slices": plan.heldout_slices if plan.stop == "heldout" and plan.warm_start else None,
         "seconds": round(seconds, 3),
         "items_per_hour": round(len(done_now) * 3600.0 / round(seconds, 3), 1) if done_now and seconds >= 1e-3 else None,
         "metrics": ("per item: PSNR / SSIM (/ NMSE) of each slice against its target with the slice's own maximum as "
@@ -712,6 +731,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="after a held-out stop, fit the slice on every measured sample for this many steps, from "
                              "where it stopped (default: a quarter of a warm slice's steps; 0: only put the measured "
                              "samples back into the kept image)")
+    parser.add_argument("--heldout-slices", default="all", choices=HELDOUT_SLICES,
+                        help="with --warm-start --stop heldout: all (default): every slice holds samples out and "
+                             "stops by the rule; warm: only the warm-started ones, the first slice of each chain fits "
+                             "every sample for --steps")
     parser.add_argument("--num-nodes", type=int, default=1,
                         help="machines taking part (Lightning's num_nodes, DDP): launch the same command on each, "
                              "with torchrun or SLURM's srun (README, 'Multi-GPU and multi-node')")

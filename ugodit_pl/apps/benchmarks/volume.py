@@ -54,6 +54,7 @@ import torch
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.arguments import check_choice
 from ugodit_pl.apps.benchmarks.common import data_root, fit_method
+from ugodit_pl.apps.reconstruct import HELDOUT_SLICES
 from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL, classical_results, network_method, pretrain, pretraining_group
 from ugodit_pl.methods.warm import EMAS
 
@@ -83,7 +84,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
              "order": "first_to_last", "refit_ema": "fresh", "heldout_slices": "all"},
 }
-HELDOUT_SLICES = ("all", "warm")
 
 
 # --------------------------------------------------------------------------- volumes
