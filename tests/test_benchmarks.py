@@ -13,6 +13,7 @@ from ugodit_pl.apps.benchmarks import cli
 from ugodit_pl.apps.benchmarks.common import CurveTracker, plot_curves, steps_to_reach
 from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL
 from ugodit_pl.apps.io import machine_info, read_json, to_jsonable, write_json
+from ugodit_pl.callbacks import HeldOutEarlyStopping
 
 
 @pytest.fixture(autouse=True)
@@ -337,7 +338,10 @@ def test_early_stopping_suite_tiny(tmp_path, shared_data):
     assert task["steps_saved"] == task["max_steps"] - (task["es_stop_step"] or task["max_steps"])
     # the held-out rule beside it: checks every 2 steps, the kept step is the one of least held-out error
     errors = dict(task["holdout_errors"])
-    assert sorted(errors) == list(range(2, 2 + 2 * len(errors), 2)) and task["holdout_kept_step"] == min(errors, key=errors.get)
+    kept, min_delta = None, HeldOutEarlyStopping().min_delta  # a new minimum must beat the kept one by min_delta
+    for step in sorted(errors):
+        kept = step if kept is None or errors[step] < (1.0 - min_delta) * errors[kept] else kept
+    assert sorted(errors) == list(range(2, 2 + 2 * len(errors), 2)) and task["holdout_kept_step"] == kept
     assert task["refit_steps"] == 2 and math.isfinite(task["refit_psnr"])
     assert task["holdout_steps_saved"] == task["max_steps"] - (task["holdout_stop_step"] or task["max_steps"])
     assert (tmp_path / "early-stopping.png").is_file()

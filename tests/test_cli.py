@@ -344,8 +344,8 @@ def test_an_interrupted_reconstruction_resumes_and_loses_nothing(mri_folder, tin
     original = reconstruct.build_method
     built = []
 
-    def build(plan, count):
-        method = original(plan, count)
+    def build(plan, count, holdout=True):
+        method = original(plan, count, holdout)
         built.append(method)
         if len(built) == 2:
             def interrupt(*args, **kwargs):

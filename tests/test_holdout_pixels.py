@@ -40,7 +40,7 @@ def test_denoising_dip_stops_on_held_out_pixels_and_keeps_its_best_output():
     batch = noisy_batch(Inpainting(torch.ones(32, 32)), sigma=0.2)
     method = DIP(network="skip", network_args=TINY_SKIP, input_channels=TINY_SKIP["in_channels"], lr=0.05,
                  holdout_fraction=0.2)
-    stop = HeldOutEarlyStopping(patience=20, check_every=5)
+    stop = HeldOutEarlyStopping(patience=20, check_every=5, min_delta=0.0)  # every new minimum counts
     pl.Trainer(max_steps=400, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, callbacks=[stop]).fit(method, loader(batch, 400))
     errors = dict(stop.history[0])

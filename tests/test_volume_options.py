@@ -141,7 +141,7 @@ class _Reconstructions(pl.Callback):
 
 def test_held_out_stopping_keeps_the_best_validated_reconstruction():
     batch = mri_batch(num=1, size=32, seed=1)
-    stop, seen = HeldOutEarlyStopping(patience=10, check_every=2), _Reconstructions()
+    stop, seen = HeldOutEarlyStopping(patience=10, check_every=2, min_delta=0.0), _Reconstructions()
     method = fit(aseqdip(holdout_fraction=0.4, holdout_pattern="points", lr=2e-2), batch, 200, callbacks=[seen, stop])
     errors = dict(stop.history[0])
     best = stop.best_step[0]
