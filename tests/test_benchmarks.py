@@ -276,10 +276,43 @@ def test_mri_quality_ensemble_variant_scores_the_mean_of_its_members_at_its_own_
     assert ensemble["metrics"]["psnr"] == pytest.approx(ensemble["curve"]["psnr"][-1], abs=1e-3)
 
 
+def test_mri_quality_variant_starts_from_a_classical_image_and_is_scored_averaged_with_one(shared_data, monkeypatch):
+    """``input_from``: the network's first input is the classical image (scaled as y is); ``mean_with``: a
+    second entry scores the mean of the fitted image and the classical one."""
+    from ugodit_pl.apps.benchmarks import mri_quality, panel
+    from ugodit_pl.apps.benchmarks.mri_quality import PRESETS, classical_runs, fit_network, problem_metrics
+    from ugodit_pl.complex import channels_to_complex, complex_to_channels
+
+    settings = dict(PRESETS["tiny"], method_variants={"v": {"method": "aseqdip", "input_from": "sense",
+                                                             "mean_with": "zero_filled"}})
+    batch = panel.test_batch(panel.named("brain 48x40 4x"), shared_data, shared_data, cache=None,
+                             coil_map_args=settings["coil_map_args"])
+    support = panel.support_of(batch)
+    runs = classical_runs(batch, settings)
+    sense, zero_filled = runs["sense"]()[0][None], runs["zero_filled"]()[0][None]
+    fitted, original = [], mri_quality.fit_method
+
+    def recording_fit(method, fit_batch, steps, **kwargs):
+        seconds = original(method, fit_batch, steps, **kwargs)
+        fitted.append((method, fit_batch))
+        return seconds
+
+    monkeypatch.setattr(mri_quality, "fit_method", recording_fit)
+    out = fit_network("v", batch, support, settings, None, 0, "cpu")
+    (method, fit_batch), = fitted
+    assert method.input_init == "reference" and out["v"]["settings"]["input_init"] == "reference"
+    torch.testing.assert_close(fit_batch["reference"], complex_to_channels(sense))  # the method scales it as y
+    mean = (channels_to_complex(method.reconstruction.detach()) + zero_filled) / 2
+    assert out["v_mean_zero_filled"]["metrics"] == problem_metrics(mean, batch["target"], support)
+    assert out["v_mean_zero_filled"]["seconds"] == out["v"]["seconds"] > 0
+
+
 @pytest.mark.parametrize("variant, match", [
     ({"method": "aseqdip", "ensemble": 2, "args": {"holdout_fraction": 0.3}}, "ensemble with held-out samples"),
     ({"method": "aseqdip", "ensemble": 0}, "ensemble"),
     ({"method": "aseqdip", "seeds": 2}, "unknown key"),
+    ({"method": "aseqdip", "input_from": "l1_wavelet_tuned"}, "input_from must be one of"),
+    ({"method": "aseqdip", "mean_with": "target"}, "mean_with must be one of"),
 ])
 def test_mri_quality_refuses_a_bad_variant_before_fitting(variant, match):
     from ugodit_pl.apps.benchmarks.mri_quality import variant_budget, variant_of

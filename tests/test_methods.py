@@ -389,6 +389,23 @@ def test_a_residual_method_starts_from_its_input(make):
     assert not torch.allclose(method.fit_state.last, method.fit_state.inputs)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: ASeqDIP(network="unet", network_args=TINY_UNET, input_init="reference", update_every=5),
+    lambda: ReferenceGuidedDIP(network="unet", network_args=TINY_UNET, input_init="reference"),
+])
+def test_a_reference_input_starts_from_the_batch_reference_in_the_scaled_units(make):
+    """``input_init="reference"``: z_0 is the batch's ``reference`` divided by the measurement's scale, as y is
+    (a compressed-sensing image as the network's start, for example)."""
+    from ugodit_pl.complex import complex_to_channels
+
+    batch = mri_batch(num=1, size=32)
+    reference = complex_to_channels(torch.randn(1, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(3)))
+    method = fit(make(), dict(batch, reference=reference), 1)
+    torch.testing.assert_close(method.fit_state.inputs, reference / method.fit_state.scales.view(-1, 1, 1, 1))
+    with pytest.raises(ValueError, match="needs the batch to carry a 'reference' image"):
+        fit(make(), batch, 1)
+
+
 def test_residual_by_default_for_the_image_input_unet_except_reference_guided_dip():
     assert ASeqDIP(network="unet", network_args=TINY_UNET).residual is True
     assert SelfGuidedDIP(network="unet", network_args=TINY_UNET).residual is True

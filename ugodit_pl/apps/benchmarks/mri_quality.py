@@ -50,6 +50,10 @@ A variant with ``holdout_fraction`` in its args is the held-out rule of ``ugodit
 heldout`` within the step budget: ``HeldOutEarlyStopping`` (``holdout_args``: ``patience``,
 ``check_every``), then ``refit_steps`` on every sample from where it stopped; it is scored after the
 refit (``held_out`` records the stop and the PSNR before the refit), its seconds and steps include both.
+A variant may start from a classical image (``input_from``, one of :data:`IMAGE_SOURCES`: the network's
+input z_0 is that reconstruction instead of A^H y, ``input_init="reference"``) and may be scored a second
+time as the mean of its image and a classical one (``mean_with``: an entry ``<variant>_mean_<source>``);
+the classical reconstruction's seconds are added to the fit's (it uses no ground truth).
 
 >>> PRESETS["quick"]["panel"], PRESETS["quick"]["steps"]
 ('quick', 600)
@@ -67,6 +71,7 @@ import torch
 
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, reported_curve
+from ugodit_pl.complex import channels_to_complex, complex_to_channels
 from ugodit_pl.complex import magnitude as complex_magnitude
 from ugodit_pl.arguments import whole
 from ugodit_pl.lamda_rules import LAMDA_GRID
@@ -82,7 +87,9 @@ CS_METHODS = ("l1_wavelet", "total_variation")
 CLASSICAL = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation",
              "total_variation_auto", "total_variation_tuned")
 #: The references of the summary's margins (the network methods are judged against ``l1_wavelet_auto``).
-VARIANT_KEYS = ("method", "args", "precision", "steps", "ensemble")
+VARIANT_KEYS = ("method", "args", "precision", "steps", "ensemble", "input_from", "mean_with")
+# the classical reconstructions a variant may start from or be averaged with: the ones without ground truth
+IMAGE_SOURCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "total_variation", "total_variation_auto")
 REFERENCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation_auto",
               "total_variation_tuned")
 
@@ -153,22 +160,13 @@ def classical_results(batch: Dict[str, Any], support: torch.Tensor, settings: Di
     ``"auto"``: held-out k-space cross-validation, or the discrepancy principle where too few lines can
     be held out) and at the best lambda of ``l1_grid`` against the target (``_tuned``, an oracle).
     With ``keep_images`` each entry also holds its support-masked magnitude image (1, 1, H, W) as ``image``."""
-    from ugodit_pl import classical, lamda_rules
+    from ugodit_pl import lamda_rules
 
     y, mask, maps, target = batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0], batch["target"]
-    sense_args = {} if settings["sense_iter"] is None else {"max_iter": int(settings["sense_iter"])}
     cs_args = {} if settings["l1_iter"] is None else {"max_iter": int(settings["l1_iter"])}
     grid = tuple(float(lamda) for lamda in settings["l1_grid"])
-    runs: Dict[str, Callable[[], Tuple[torch.Tensor, Dict[str, Any]]]] = {
-        "zero_filled": lambda: (classical.zero_filled(y, maps), {}),
-        "sense": lambda: (classical.sense(y, mask, maps, **sense_args), {}),
-    }
-    for method in CS_METHODS:
-        reconstruct = lamda_rules.RECONSTRUCTIONS[method]
-        runs[method] = lambda reconstruct=reconstruct: (reconstruct(y, mask, maps, **cs_args), {})
-        runs[f"{method}_auto"] = lambda method=method: _automatic(y, mask, maps, method, grid, cs_args)
     out: Dict[str, Dict[str, Any]] = {}
-    for name, run in runs.items():
+    for name, run in classical_runs(batch, settings).items():
         start = time.perf_counter()
         recon, extra = run()
         out[name] = {"kind": "classical", "metrics": problem_metrics(recon[None], target, support),
@@ -187,6 +185,27 @@ def classical_results(batch: Dict[str, Any], support: torch.Tensor, settings: Di
         if keep_images:
             out[f"{method}_tuned"]["image"] = complex_magnitude(recon[None].cpu()).float() * support.cpu()
     return out
+
+
+def classical_runs(batch: Dict[str, Any], settings: Dict[str, Any]
+                   ) -> Dict[str, Callable[[], Tuple[torch.Tensor, Dict[str, Any]]]]:
+    """The reconstructions of :data:`IMAGE_SOURCES` for the batch's one measurement, each a call giving the
+    complex (H, W) image and what it chose (lambda, rule)."""
+    from ugodit_pl import classical, lamda_rules
+
+    y, mask, maps = batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0]
+    sense_args = {} if settings["sense_iter"] is None else {"max_iter": int(settings["sense_iter"])}
+    cs_args = {} if settings["l1_iter"] is None else {"max_iter": int(settings["l1_iter"])}
+    grid = tuple(float(lamda) for lamda in settings["l1_grid"])
+    runs: Dict[str, Callable[[], Tuple[torch.Tensor, Dict[str, Any]]]] = {
+        "zero_filled": lambda: (classical.zero_filled(y, maps), {}),
+        "sense": lambda: (classical.sense(y, mask, maps, **sense_args), {}),
+    }
+    for method in CS_METHODS:
+        reconstruct = lamda_rules.RECONSTRUCTIONS[method]
+        runs[method] = lambda reconstruct=reconstruct: (reconstruct(y, mask, maps, **cs_args), {})
+        runs[f"{method}_auto"] = lambda method=method: _automatic(y, mask, maps, method, grid, cs_args)
+    return runs
 
 
 def _automatic(y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, method: str, grid: Tuple[float, ...],
@@ -247,6 +266,9 @@ def variant_of(name: str, settings: Dict[str, Any]) -> Tuple[str, Dict[str, Any]
     unknown = sorted(set(variant) - set(VARIANT_KEYS))
     if unknown:
         raise ValueError(f"variant {name!r}: unknown key(s) {unknown}; a variant has {', '.join(VARIANT_KEYS)}")
+    for key in ("input_from", "mean_with"):
+        if variant.get(key) is not None and variant[key] not in IMAGE_SOURCES:
+            raise ValueError(f"variant {name!r}: {key} must be one of {', '.join(IMAGE_SOURCES)}, got {variant[key]!r}")
     return base, {**method_args, **dict(variant.get("args") or {})}, str(variant.get("precision", "32-true"))
 
 
@@ -273,6 +295,15 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
     steps, size = variant_budget(name, settings)
     base, extra, precision = variant_of(name, settings)
     target = batch["target"]
+    variant = (settings.get("method_variants") or {}).get(name) or {}
+    runs, sources, classical_seconds = classical_runs(batch, settings), {}, 0.0
+    for source in {variant.get("input_from"), variant.get("mean_with")} - {None}:
+        start = time.perf_counter()
+        sources[source] = runs[source]()[0][None]
+        classical_seconds += time.perf_counter() - start
+    if variant.get("input_from"):  # the network starts from the classical image (scaled like y by the method)
+        batch = dict(batch, reference=complex_to_channels(sources[variant["input_from"]]).to(batch["y"].real.dtype))
+        extra = {**extra, "input_init": "reference"}
     if size > 1:  # K fits from their own initial weights, as one batch; scored as their mean
         batch, extra = repeat_measurements(batch, size), {**extra, "num_measurements": size, "network_seeds": "per_row"}
     method = network_method(base, settings, weights, seed, extra)
@@ -286,7 +317,8 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
         if holdout else None
     if held_out_stop is not None:
         callbacks.append(held_out_stop)
-    seconds = fit_method(method, batch, steps, callbacks=callbacks, device=device, precision=precision)
+    seconds = classical_seconds + fit_method(method, batch, steps, callbacks=callbacks, device=device,
+                                             precision=precision)
     ema = reported_curve(tracker.curves["rss"])  # the EMA, with the measured k-space put back by default
     fitted_steps = steps
     held_out = None
@@ -313,6 +345,12 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
                                                         for k in range(size)]}} if size > 1 else {}),
     }
     out = {name: entry}
+    if variant.get("mean_with"):
+        image = channels_to_complex(ensemble_mean(final, size).detach().cpu())
+        mean = (image + sources[variant["mean_with"]].cpu().to(image.dtype)) / 2
+        out[f"{name}_mean_{variant['mean_with']}"] = {
+            "kind": "network", "steps": fitted_steps, "seconds": seconds,
+            "metrics": problem_metrics(mean, target, support), "settings": {"mean_of": [name, variant["mean_with"]]}}
     if stopper is not None:
         kept = stopper.best_step.get(0, next(iter(stopper.best_step.values()), None))
         out["dip_es"] = {"kind": "network", "steps": kept, "budget": steps, "seconds": seconds,
