@@ -86,10 +86,10 @@ CS_METHODS = ("l1_wavelet", "total_variation")
 #: The classical reconstructions, in table order.
 CLASSICAL = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation",
              "total_variation_auto", "total_variation_tuned")
-#: The references of the summary's margins (the network methods are judged against ``l1_wavelet_auto``).
 VARIANT_KEYS = ("method", "args", "precision", "steps", "ensemble", "input_from", "mean_with")
-# the classical reconstructions a variant may start from or be averaged with: the ones without ground truth
+#: The classical reconstructions a variant may start from or be averaged with: those without ground truth.
 IMAGE_SOURCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "total_variation", "total_variation_auto")
+#: The references of the summary's margins (the network methods are judged against ``l1_wavelet_auto``).
 REFERENCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation_auto",
               "total_variation_tuned")
 
