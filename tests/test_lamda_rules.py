@@ -8,6 +8,7 @@ import torch
 
 from ugodit_pl import classical, lamda_rules
 from ugodit_pl.complex import fft2c, ifft2c
+from ugodit_pl.methods.holdout import holdout_mask
 
 SIZE = 48
 
@@ -97,6 +98,24 @@ def test_auto_falls_back_to_the_discrepancy_principle_when_too_few_lines_can_be_
     assert auto[1:] == discrepancy[1:] and torch.equal(auto[0], discrepancy[0])
     with pytest.raises(ValueError, match="holds out .* sampled lines"):
         lamda_rules.automatic_lamda(k, mask, maps, rule="cv", lamdas=(1e-3,), max_iter=10)
+
+
+def test_cross_validation_holds_out_single_locations_where_too_few_lines_lie_outside_the_centre():
+    """Two lines outside the centre (an 8x-like mask): "cv" and "auto" hold out single sampled locations,
+    the fraction raised until at least 32 are held out, instead of falling back to the discrepancy principle."""
+    k, mask, maps = problem(torch.tensor([*range(20, 28), 5, 40]))  # 96 sampled locations outside the centre
+    assert lamda_rules.cross_validation_plan(mask) == ("points", 0.4)  # 0.2 and 0.3 hold out 19 and 29
+    grid = (1e-3, 1e-1)
+    auto = lamda_rules.automatic_lamda(k, mask, maps, rule="auto", lamdas=grid, max_iter=10, folds=1)
+    cv = lamda_rules.automatic_lamda(k, mask, maps, rule="cv", lamdas=grid, max_iter=10, folds=1)
+    assert auto[1:] == cv[1:] and torch.equal(auto[0], cv[0])
+    held = holdout_mask(mask, 0.4, 0, row=0, pattern="points")
+    assert int(held.sum()) == 38 and held[:, 20:28].sum() == 0  # nothing of the calibration region
+    kept = mask * (1 - held)
+    for lamda in grid:  # each score: the held-out error of the image fitted to the other samples
+        x = classical.l1_wavelet(k * kept, kept, maps, lamda=lamda, max_iter=10)
+        expected = float(((fft2c(maps * x) - k) * held).abs().pow(2).sum() / (k * held).abs().pow(2).sum())
+        assert cv[2][lamda] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -213,9 +213,11 @@ def _automatic(y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, method: 
     """``method`` at the lambda of ``grid`` that ``lamda_rules``' "auto" rule picks; the rule and lambda it used."""
     from ugodit_pl import lamda_rules
 
-    rule = "cv" if lamda_rules.cross_validation_possible(mask.expand(y.shape[-2:])) else "discrepancy"
+    plan = lamda_rules.cross_validation_plan(mask.expand(y.shape[-2:]))
+    rule = "discrepancy" if plan is None else "cv"
     recon, lamda, scores = lamda_rules.automatic_lamda(y, mask, maps, method=method, rule=rule, lamdas=grid, **args)
-    return recon, {"lamda": lamda, "rule": rule, "scores": {str(k): v for k, v in scores.items()}}
+    held_out = {} if plan is None else {"held_out": plan[0], "holdout_fraction": plan[1]}
+    return recon, {"lamda": lamda, "rule": rule, **held_out, "scores": {str(k): v for k, v in scores.items()}}
 
 
 # --------------------------------------------------------------------------- networks
