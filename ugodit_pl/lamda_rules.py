@@ -126,7 +126,7 @@ def _discrepancies(reconstruct: Callable[..., torch.Tensor], k: torch.Tensor, m:
 
 
 def cross_validation_plan(mask: classical.ArrayLike, holdout_fraction: float = 0.2) -> Optional[Tuple[str, float]]:
-    """What ``"cv"`` holds out of ``mask``: ``("lines", holdout_fraction)`` where the sampled lines outside
+    """What ``"cv"`` holds out of ``mask`` (H, W): ``("lines", holdout_fraction)`` where the sampled lines outside
     the calibration region allow it, else ``("points", fraction)`` with the least of ``holdout_fraction``,
     0.3, 0.4 and 0.5 that holds out enough single locations; None where neither does.
 
