@@ -91,13 +91,13 @@ def noise_variance(kspace: torch.Tensor, mask: torch.Tensor, corner_fraction: fl
 
 
 def _cross_validated(reconstruct: Callable[..., torch.Tensor], k: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
-                     lamdas: Sequence[float], holdout_fraction: float, folds: int, seed: int, method: str,
+                     lamdas: Sequence[float], plan: Tuple[str, float], folds: int, seed: int, method: str,
                      **args) -> Dict[float, float]:
-    """{lambda: mean over ``folds`` hold-outs of ||H (F S x - y)||^2 / ||H y||^2, x fitted to the other samples}."""
+    """{lambda: mean over ``folds`` hold-outs (``plan``: pattern, fraction) of ||H (F S x - y)||^2 / ||H y||^2,
+    x fitted to the other samples}."""
     from ugodit_pl.methods.holdout import holdout_mask
 
-    plan = cross_validation_plan(m, holdout_fraction)
-    pattern, fraction = plan if plan is not None else ("lines", holdout_fraction)  # the error names the lines
+    pattern, fraction = plan
     errors = {float(lamda): 0.0 for lamda in lamdas}
     for fold in range(folds):
         held = holdout_mask(m.expand(k.shape[-2:]), fraction, seed, row=fold, name=f"{method} cv", pattern=pattern)
@@ -184,10 +184,12 @@ def automatic_lamda(kspace: classical.ArrayLike, mask: classical.ArrayLike, coil
     s = classical._maps(coil_maps, k)
     reconstruct = RECONSTRUCTIONS[method]
     args = {} if max_iter is None else {"max_iter": int(max_iter)}
+    plan = cross_validation_plan(m, holdout_fraction) if rule != "discrepancy" else None
     if rule == "auto":
-        rule = "cv" if cross_validation_possible(m.expand(k.shape[-2:]), holdout_fraction) else "discrepancy"
-    if rule == "cv":
-        scores = _cross_validated(reconstruct, k, m, s, lamdas, holdout_fraction, int(folds), seed, method, **args)
+        rule = "cv" if plan is not None else "discrepancy"
+    if rule == "cv":  # without a plan, holding out lines raises the error that says why
+        scores = _cross_validated(reconstruct, k, m, s, lamdas, plan or ("lines", holdout_fraction), int(folds), seed,
+                                  method, **args)
         best = min(scores, key=scores.get)
         return reconstruct(k, m, s, lamda=best, **args), best, scores
     scores, images = _discrepancies(reconstruct, k, m, s, lamdas, **args)
