@@ -4,7 +4,7 @@ The method holds out part of its measured samples (``holdout_fraction``, ``ugodi
 and reports its reconstruction's error on them (``pl_module.holdout_error()``). The error falls while
 the network fits the image and rises once it fits the noise of the samples it sees; no ground
 truth is needed. Every ``check_every`` steps the callback reads the error of each measurement and
-keeps the reconstruction at its minimum (``pl_module.reconstruction``: for MRI, with the method's
+keeps the reconstruction at its minimum (``pl_module.network_reconstruction``: for MRI, with the method's
 ``final_projection``, on by default there, it carries every measured sample, the held-out ones
 included; images keep the network's output, their held-out pixels come back with a refit). Training stops when every measurement has gone
 ``patience`` steps without a new minimum (a new minimum must beat the old one by ``min_delta``,
@@ -124,7 +124,7 @@ class HeldOutEarlyStopping(pl.Callback):
                 f"HeldOutEarlyStopping needs a method that holds out k-space: give {type(pl_module).__name__} "
                 f"holdout_fraction (e.g. 0.1); it has none"
             )
-        reconstruction = pl_module.reconstruction
+        reconstruction = pl_module.network_reconstruction  # ``final_output`` is the network's (before ``mean_with``)
         done = self.check(errors.cpu(), reconstruction, row_ids(batch, len(errors)), step)
         pl_module.log("holdout/error", errors.mean(), batch_size=len(errors))
         if trainer.strategy.reduce_boolean_decision(done, all=True) and not trainer.should_stop:

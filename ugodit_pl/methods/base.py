@@ -44,6 +44,7 @@ from torch import nn
 
 from ugodit_pl.arguments import check_choice, fraction, non_negative, positive, whole
 from ugodit_pl.methods.batches import CheckedBatch, Step, batch_rows, check_batch_layout, measurement_fingerprints
+from ugodit_pl.methods.classical_mean import MEAN_SOURCES, classical_images
 from ugodit_pl.methods.compiling import compile_arguments
 from ugodit_pl.methods.defaults import DEFAULT_LR, default_residual, network_default
 from ugodit_pl.methods.holdout import PATTERNS as HOLDOUT_PATTERNS
@@ -145,6 +146,14 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
             2 x the lambda of L1 compressed sensing on a max-1 image). On the real-phase MRI panel
             0.002 gained 0.1 to 0.5 dB on every 4x problem for every U-Net method and lost 0.15 to
             0.25 dB on the brain at 8x (docs/RESULTS.md decision 11), so it is not the default.
+        mean_with: None (off: the papers' reconstructions), ``"l1_wavelet"`` or ``"total_variation"``: the
+            reconstruction is the mean of the network's and that compressed-sensing reconstruction of the
+            same measurement, its lambda chosen without ground truth (``lamda_rules.automatic_lamda``) or
+            carried from a warm start's neighbour (``ugodit_pl.methods.classical_mean``; MRI only). Worked
+            out once, before the first step. On the real-phase MRI panel the mean with L1-wavelet was
+            0.25 to 0.6 dB above both the network and the automatic-lambda L1 on average, and lost to the
+            network alone where the network was far ahead (decision 11), so it is not the default.
+            ``network_reconstruction`` is the network's image alone.
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).
@@ -177,6 +186,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         holdout_fraction: float = 0.0,
         holdout_pattern: str = "auto",
         tv_weight: float = 0.0,
+        mean_with: Optional[str] = None,
     ) -> None:
         super().__init__()
         check_choice("loss_norm", loss_norm, LOSS_NORMS)
@@ -214,6 +224,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self.holdout_fraction = check_holdout_fraction(holdout_fraction)
         self.holdout_pattern = check_choice("holdout_pattern", holdout_pattern, HOLDOUT_PATTERNS)
         self.tv_weight = non_negative("tv_weight", tv_weight)
+        self.mean_with = None if mean_with is None else check_choice("mean_with", mean_with, MEAN_SOURCES)
         self.final_projection_arg = final_projection
         # None is resolved in ``prepare`` (MRI or not) and kept in checkpoints
         self.final_projection = False if final_projection is None else bool(final_projection)
@@ -227,6 +238,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self._warm_inputs: Dict[int, torch.Tensor] = {}  # row -> a neighbour's reconstruction (warm_start)
         self._warm_input_rule = "auto"  # warm_start's ``input``
         self._warm_emas: Dict[int, Tuple[torch.Tensor, float]] = {}  # row -> (image, count) (warm_start(ema="carry"))
+        self._warm_lamdas: Dict[int, float] = {}  # row -> the neighbour's ``mean_with`` lambda (warm_start)
 
     def __getstate__(self) -> Dict[str, Any]:
         state = super().__getstate__()
@@ -311,6 +323,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         if self.final_projection and not hasattr(operator, "data_consistent"):
             raise ValueError(f"final_projection puts the measured samples back into the reconstruction: it needs an "
                              f"operator with data_consistent (MRI, inpainting); {type(operator).__name__} has none")
+        measured_operator, measured_y = operator, raw_y
         operator, raw_y, _ = self._fitted_samples(operator, raw_y, rows.tolist(), batch.get("name"))
         try:
             start = operator.init_input(raw_y)
@@ -353,10 +366,26 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         state.write("inputs", rows.to(device), z.to(device))
         state.write("scales", rows.to(device), scale.to(device))
         self._carry_emas(scale, rows.tolist(), self._should_normalize(raw_y))
-        state.share("inputs", "scales", "ema", "ema_count")
+        shared = ["inputs", "scales", "ema", "ema_count"]
+        if self.mean_with is not None:
+            self._write_classical(measured_operator, measured_y, scale, rows, batch.get("name"))
+            shared += ["classical", "classical_lamdas"]
+        state.share(*shared)
         names = batch.get("name") or [None] * len(rows)
         for row, name in zip(rows.tolist(), names):
             state.names[row] = name
+
+    def _write_classical(self, operator: Operator, y: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor,
+                         names: Optional[List[Optional[str]]]) -> None:
+        """The ``mean_with`` image of the rows (every measured sample, held-out ones too) and its lambda."""
+        row_list = rows.tolist()
+        images, lamdas = classical_images(operator, y, self.mean_with, [self._warm_lamdas.get(r) for r in row_list],
+                                          names)
+        if self._should_normalize(y):
+            images = apply_scale(images, scale)
+        device = self.fit_state.classical.device
+        self.fit_state.write("classical", rows.to(device), images.to(device))
+        self.fit_state.write("classical_lamdas", rows.to(device), torch.tensor(lamdas, device=device))
 
     @property
     def network_encoder(self) -> nn.Module:

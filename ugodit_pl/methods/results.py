@@ -33,11 +33,11 @@ def ema_past_weight(count: torch.Tensor, decay: float, variant: str) -> torch.Te
 
 class FittedResults:
     """The reconstructions of a ``ReconstructionMethod`` (a mixin: it reads ``fit_state``, ``output``,
-    ``final_projection``, ``final_output`` and ``last_index``, which the method sets)."""
+    ``final_projection``, ``mean_with``, ``final_output`` and ``last_index``, which the method sets)."""
 
     def _rows_in_units(self, name: str, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rows of the state's ``ema``, ``last`` or ``projected`` in the measurement's units; NaN where a row has
-        none yet.
+        """Rows of the state's ``ema``, ``last``, ``projected`` or ``classical`` in the measurement's units; NaN
+        where a row has no output yet.
 
         Read from the state, so after a ``DivergenceRollback`` restore they are the restored ones.
         """
@@ -60,8 +60,8 @@ class FittedResults:
         return None if self.last_index is None else self._rows_in_units("ema", self.last_index)
 
     @property
-    def reconstruction(self) -> Optional[torch.Tensor]:
-        """The reconstruction of the last batch's measurements, in measurement units.
+    def network_reconstruction(self) -> Optional[torch.Tensor]:
+        """The network's reconstruction of the last batch's measurements, in measurement units.
 
         ``final_output`` when a callback chose one (e.g. ``WMVEarlyStopping``), else the EMA or
         the last output as ``output`` says, with its measured samples put back if ``final_projection``.
@@ -71,14 +71,29 @@ class FittedResults:
         return None if self.last_index is None else self._rows_in_units(self._result, self.last_index)
 
     @property
+    def reconstruction(self) -> Optional[torch.Tensor]:
+        """The reconstruction of the last batch's measurements, in measurement units: ``network_reconstruction``,
+        averaged with the compressed-sensing image of each measurement when ``mean_with`` is set."""
+        network = self.network_reconstruction
+        return None if network is None else self.with_mean(network, self.last_index)
+
+    @property
     def _result(self) -> str:
         """The state tensor that holds the reconstructions."""
         if self.final_projection:
             return "projected"
         return "ema" if self.output == "ema" else "last"
 
-    def all_reconstructions(self) -> torch.Tensor:
-        """Reconstructions of all N measurements, (N, C, H, W), in measurement units.
+    def with_mean(self, images: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Network images of the measurements ``rows`` (default: all), in measurement units, averaged with their
+        compressed-sensing images when ``mean_with`` is set (unchanged otherwise)."""
+        if self.mean_with is None:
+            return images
+        classical = self._rows_in_units("classical", rows)
+        return (images + classical.to(images.device, images.dtype)) / 2
+
+    def all_network_reconstructions(self) -> torch.Tensor:
+        """The network's reconstructions of all N measurements, (N, C, H, W), in measurement units.
 
         The EMA or the last outputs per ``output`` (projected per ``final_projection``), with the rows of
         the last batch replaced by
@@ -92,6 +107,12 @@ class FittedResults:
             rows = rows.clone()
             rows[self.last_index.to(rows.device)] = self.final_output.to(rows.device, rows.dtype)
         return rows
+
+    def all_reconstructions(self) -> torch.Tensor:
+        """Reconstructions of all N measurements, (N, C, H, W), in measurement units:
+        ``all_network_reconstructions()``, averaged with their compressed-sensing images when ``mean_with``
+        is set."""
+        return self.with_mean(self.all_network_reconstructions())
 
     def _evaluate(self, batch: Mapping[str, Any], stage: str) -> Dict[str, torch.Tensor]:
         """Metrics of the current reconstructions of the batch's measurements against its targets."""

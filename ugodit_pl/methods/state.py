@@ -12,6 +12,9 @@ fit keeps per row besides the network weights. It is a submodule of the method, 
 - ``ema_count`` (N,): outputs averaged into ``ema`` so far (for the bias correction).
 - ``projected`` (N, C, H, W): the reconstruction (EMA or last) with its measured samples put back,
   written only when the method's ``final_projection`` is on.
+- ``classical`` (N, C, H, W) and ``classical_lamdas`` (N,): the compressed-sensing image the reconstruction
+  is averaged with and its lambda, written in ``setup()`` only when the method's ``mean_with`` is set
+  (``ugodit_pl.methods.classical_mean``).
 - ``steps`` (N,): training steps each row has taken; the input-update and EMA schedules and the
   random draws of a row are functions of it, so they roll back with a snapshot (CPU, int64).
 - ``names``: a readable name per row (e.g. ``file.h5/slice_017``).
@@ -37,7 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 #: The tensors of the state that have one row per measurement and live on the module's device.
-ROW_TENSORS = ("inputs", "scales", "ema", "ema_count", "last", "projected")
+ROW_TENSORS = ("inputs", "scales", "ema", "ema_count", "last", "projected", "classical", "classical_lamdas")
 
 
 class FitState(nn.Module):
@@ -49,6 +52,8 @@ class FitState(nn.Module):
     ema_count: torch.Tensor
     last: torch.Tensor
     projected: torch.Tensor
+    classical: torch.Tensor
+    classical_lamdas: torch.Tensor
 
     def __init__(self, trainable_inputs: bool = False) -> None:
         super().__init__()
@@ -91,6 +96,8 @@ class FitState(nn.Module):
             "ema_count": (num_rows,),
             "last": (num_rows, *output_shape),
             "projected": (num_rows, *output_shape),
+            "classical": (num_rows, *output_shape),
+            "classical_lamdas": (num_rows,),
         }
         for name, shape in shapes.items():
             self._replace(name, torch.zeros(shape, dtype=dtype, device=device))
@@ -146,10 +153,12 @@ class FitState(nn.Module):
         self.names = list(state.get("names", [None] * self.num_rows))
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # A checkpoint from before ``projected`` existed: an empty reconstruction of the EMA's size.
+        # A checkpoint from before ``projected`` or ``classical`` existed: empty ones of the EMA's size.
         ema = state_dict.get(prefix + "ema")
-        if prefix + "projected" not in state_dict and isinstance(ema, torch.Tensor):
-            state_dict[prefix + "projected"] = torch.zeros_like(ema)
+        if isinstance(ema, torch.Tensor):
+            for name in ("projected", "classical"):
+                state_dict.setdefault(prefix + name, torch.zeros_like(ema))
+            state_dict.setdefault(prefix + "classical_lamdas", torch.zeros(ema.shape[:1], dtype=ema.dtype))
         # Resize to the saved rows first, so that a fresh (unallocated) state loads any checkpoint.
         for name in ROW_TENSORS:
             saved = state_dict.get(prefix + name)

@@ -12,7 +12,13 @@ A warm state is a dict of plain containers and tensors (``torch.save``-able, rea
 
     {"format": "ugodit-pl/warm-state", "format_version": 1, "method": "ASeqDIP", "network": "unet",
      "network_args": {...}, "residual": True, "image_shape": [H, W], "encoder_checksum": None | float,
-     "modules": {"nets": {state dict of one network}}, "source": "file.h5/slice_012"}
+     "modules": {"nets": {state dict of one network}}, "source": "file.h5/slice_012", "ema_count": float,
+     "reconstruction": (C, H, W) the network's image, "mean_with": None | "l1_wavelet", "mean_lamda": None | float}
+
+With ``mean_with`` (``ugodit_pl.methods.classical_mean``) the state carries the lambda the neighbour's
+compressed-sensing image was made with, and a warm start with the same ``mean_with`` reuses it: one
+solve instead of the search over lambdas (neighbouring slices share their sampling and noise level).
+The reconstruction it carries is the network's own, before the mean.
 
 A warm start from another method, network, width, residual setting or encoder is refused when it
 is applied; one from another image size when the fit is prepared (before any step).
@@ -93,7 +99,9 @@ def warm_state(method: Any, row: int = 0) -> Dict[str, Any]:
         "source": method.fit_state.names[row] if row < len(method.fit_state.names) else None,
         "ema_count": float(method.fit_state.ema_count[row]),  # outputs averaged (``warm_start(ema="carry")``)
         # the neighbour's image, in the measurement's units (the start of the next input, ``input="neighbour"``)
-        "reconstruction": method.all_reconstructions()[row].detach().cpu().clone(),
+        "reconstruction": method.all_network_reconstructions()[row].detach().cpu().clone(),
+        "mean_with": method.mean_with,
+        "mean_lamda": float(method.fit_state.classical_lamdas[row]) if method.mean_with is not None else None,
     }
 
 
@@ -167,6 +175,7 @@ class WarmStarts:
         or (``"auto"``) from the neighbour's where the method's input is A^H y and the operator allows it.
         ``ema``: the rows' EMA starts empty (``"fresh"``) or continues the other fit's (``"carry"``: it starts at
         ``state``'s reconstruction, weighted as the outputs it averaged; for a refit of the same measurement).
+        With the same ``mean_with`` as ``state``'s fit, the rows' compressed-sensing image takes its lambda.
 
         Example::
 
@@ -186,6 +195,10 @@ class WarmStarts:
             for row in range(self.num_measurements) if rows is None else rows:
                 self._warm_inputs[int(row)] = state["reconstruction"]
         for row in range(self.num_measurements) if rows is None else rows:
+            if self.mean_with is not None and state.get("mean_with") == self.mean_with and state.get("mean_lamda"):
+                self._warm_lamdas[int(row)] = float(state["mean_lamda"])
+            else:
+                self._warm_lamdas.pop(int(row), None)
             if ema == "carry":
                 self._warm_emas[int(row)] = (state["reconstruction"], float(state.get("ema_count", 0.0)))
             else:

@@ -35,6 +35,10 @@ first, then two chains towards the ends, each slice from its neighbour nearer th
   checks, and its decision is recorded, not obeyed; the held-out error of every check is kept in the
   curves, so that other patiences can be judged offline.
 
+``method_args`` are given to every network fit (e.g. ``{"mean_with": "l1_wavelet"}``: each slice's image
+averaged with its compressed-sensing image, ``ugodit reconstruct --mean-with``; a warm slice then takes its
+neighbour's lambda).
+
 plus zero-filled, CG-SENSE and L1-wavelet per slice (lambda at sigpy's default and the oracle-tuned one).
 Reported per volume: fastMRI's volume PSNR / SSIM (the volume's maximum as data range), seconds of
 fitting (cumulative over the slices), slices per hour, the steps each slice used, and for the
@@ -68,21 +72,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
              "methods": ["aseqdip"], "cold_steps": 6, "warm_steps": 3, "patience": 2, "check_every": 1,
              "holdout_fraction": 0.3, "refit_steps": 2, "eval_every": 3, "pretrain_steps": 2, "l1_grid": [1e-3, 1e-2],
              "sense_iter": 3, "l1_iter": 3, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
-             "order": "first_to_last", "refit_ema": "fresh", "heldout_slices": "all"},
+             "order": "first_to_last", "refit_ema": "fresh", "heldout_slices": "all", "method_args": {}},
     # for 2 CPU cores (about 35 minutes): 8 slices of each volume, aSeqDIP, UGoDIT and its untrained-encoder control
     "quick": {"volumes": {"epi": list(range(8, 16)), "dwi": list(range(1, 9))}, "crop": (96, 72),
               "network_args": {"channels": [16, 32, 64, 64]}, "methods": ["aseqdip", "ugodit", "ugodit_untrained"],
               "cold_steps": 600, "warm_steps": 200, "patience": 150, "check_every": 10, "holdout_fraction": 0.2,
               "refit_steps": 50, "eval_every": 25, "pretrain_steps": 600, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
               "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
-             "order": "first_to_last", "refit_ema": "fresh", "heldout_slices": "all"},
+             "order": "first_to_last", "refit_ema": "fresh", "heldout_slices": "all", "method_args": {}},
     # for a GPU: every slice at the native size, all four methods
     "full": {"volumes": {"epi": list(range(24)), "dwi": list(range(10))}, "crop": None,
              "network_args": {"channels": [32, 64, 128, 128]}, "methods": list(VOLUME_METHODS),
              "cold_steps": 1000, "warm_steps": 300, "patience": 150, "check_every": 10, "holdout_fraction": 0.15,
              "refit_steps": 75, "eval_every": 50, "pretrain_steps": 1000, "l1_grid": [3e-4, 1e-3, 3e-3, 1e-2],
              "sense_iter": None, "l1_iter": None, "baselines": True, "warm_args": {}, "modes": list(MODES), "warm_input": "auto",
-             "order": "first_to_last", "refit_ema": "fresh", "heldout_slices": "all"},
+             "order": "first_to_last", "refit_ema": "fresh", "heldout_slices": "all", "method_args": {}},
 }
 
 
@@ -169,7 +173,7 @@ class _Watch:
         if stopper is not None and (step % stopper.check_every == 0 or step == trainer.max_steps):
             error = method.holdout_error().cpu()
             self.holdout.append((step, round(float(error[0]), 6)))
-            if self.stop_step is None and stopper.check(error, method.reconstruction, [0], step):
+            if self.stop_step is None and stopper.check(error, method.network_reconstruction, [0], step):
                 self.stop_step = step
                 self.kept = stopper.kept_output([0])
                 self.kept_state = method.warm_state(0)
@@ -200,7 +204,9 @@ def fit_slice(method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
     """One slice's fit: its reconstruction, steps, seconds, curve, and the state the next slice starts from."""
     from ugodit_pl.callbacks import HeldOutEarlyStopping
 
-    extra = {"holdout_fraction": float(settings["holdout_fraction"])} if stop else {}
+    extra = dict(settings["method_args"])
+    if stop:
+        extra["holdout_fraction"] = float(settings["holdout_fraction"])
     if warm is not None:
         extra.update(settings["warm_args"])  # e.g. another learning rate for warm-started fits
     method = network_method(method_name, settings, weights, seed, extra)
@@ -220,7 +226,8 @@ def fit_slice(method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
         state = watch.kept_state if stopped else method.warm_state(0)
         entry.update(steps=watch.stop_step if stopped else int(steps),
                      seconds=watch.stop_seconds if stopped else seconds - watch.spent,
-                     kept_step=stopper.best_step.get(0), stopped=stopped, image=_magnitude(kept, batch),
+                     kept_step=stopper.best_step.get(0), stopped=stopped,
+                     image=_magnitude(method.with_mean(kept, torch.tensor([0])), batch),
                      state={**state, "reconstruction": kept[0].detach().cpu()})  # as the callback leaves it
     else:
         entry.update(steps=int(steps), seconds=seconds - watch.spent, image=_magnitude(method.reconstruction, batch),
@@ -234,7 +241,8 @@ def fit_slice(method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
 def _refit(entry: Dict[str, Any], method_name: str, batch: Dict[str, Any], settings: Dict[str, Any],
            weights: Optional[Path], seed: int, device: str, *, warm: bool) -> Dict[str, Any]:
     """A stopped fit continued on every measured sample for ``refit_steps``, from its networks and image."""
-    method = network_method(method_name, settings, weights, seed, dict(settings["warm_args"]) if warm else {})
+    extra = {**settings["method_args"], **(settings["warm_args"] if warm else {})}
+    method = network_method(method_name, settings, weights, seed, extra)
     method.warm_start(entry["state"], input="auto", ema=settings["refit_ema"])
     steps = int(settings["refit_steps"])
     seconds = fit_method(method, batch, steps, device=device)

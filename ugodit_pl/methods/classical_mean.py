@@ -1,0 +1,71 @@
+"""The mean of a network's reconstruction and compressed sensing of the same measurement (``mean_with``).
+
+With ``ReconstructionMethod(mean_with="l1_wavelet")`` the method's reconstruction is
+
+    x = (x_net + x_cs) / 2,
+
+where x_net is the network's reconstruction (the EMA with its measured samples put back, as without
+the option) and x_cs the L1-wavelet (or total-variation) reconstruction of the same k-space and coil
+maps, its lambda chosen without ground truth by ``ugodit_pl.lamda_rules.automatic_lamda`` (rule
+``"auto"``: held-out k-space cross-validation, the discrepancy principle where nothing can be held out),
+or taken from a warm start's neighbour (``lamdas``), which costs one solve instead of the search.
+
+Why: on the real-phase MRI panel the network and compressed sensing err in different places; the
+mean of the two was above both on average, at 4x (width 32 + TV: +0.60 dB over the automatic-lambda
+L1, +0.55 dB over its oracle lambda) and at 8x (+0.27 / +0.25 dB), while the networks alone were
+level with the automatic-lambda L1 (``benchmarks/results/decisions.md``, decision 11). It is not the
+papers' reconstruction, and it lost to the network alone where the network was far ahead (the EPI slice,
+-0.3 dB), so it is an option, off by default.
+
+>>> import torch
+>>> from ugodit_pl.operators import MultiCoilMRI
+>>> mask = torch.zeros(32, 32); mask[:, 12:20] = 1; mask[:, ::2] = 1
+>>> op = MultiCoilMRI(mask, torch.ones(1, 1, 32, 32, dtype=torch.complex64))
+>>> y = op(torch.rand(1, 2, 32, 32))
+>>> images, lamdas = classical_images(op, y, "l1_wavelet", lamdas=[1e-3])
+>>> tuple(images.shape), lamdas
+((1, 2, 32, 32), [0.001])
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from ugodit_pl.complex import complex_to_channels
+from ugodit_pl.operators.base import Operator
+
+#: What a reconstruction may be averaged with: compressed sensing with lambda chosen without the target.
+MEAN_SOURCES = ("l1_wavelet", "total_variation")
+
+
+def classical_images(operator: Operator, y: torch.Tensor, source: str, lamdas: Sequence[Optional[float]],
+                     names: Optional[Sequence[Optional[str]]] = None) -> Tuple[torch.Tensor, List[float]]:
+    """((B, 2, H, W) real images in y's units, the lambda of each row): ``source`` (:data:`MEAN_SOURCES`) of
+    each row of the multi-coil k-space ``y`` (B, coils, H, W) with ``operator``'s mask and coil maps, at
+    ``lamdas[k]`` where given, else at the lambda ``automatic_lamda`` chooses.
+
+    Raises a ValueError naming the measurement (``names``) when ``operator`` is not a multi-coil MRI model.
+    """
+    from ugodit_pl import lamda_rules
+
+    masks, maps = getattr(operator, "mask", None), getattr(operator, "coil_maps", None)
+    if masks is None or maps is None or not y.is_complex():
+        raise ValueError(f"mean_with={source!r} averages with compressed sensing of multi-coil k-space: it needs an "
+                         f"MRI operator with a mask and coil maps; {', '.join(str(n) for n in names or []) or 'these'} "
+                         f"measurements have {type(operator).__name__}")
+    reconstruct = lamda_rules.RECONSTRUCTIONS[source]
+    images, chosen = [], []
+    for k in range(y.shape[0]):
+        mask = masks[k if masks.shape[0] > 1 else 0]
+        coil_maps = maps[k if maps.shape[0] > 1 else 0]
+        kspace = y[k].detach()
+        if lamdas[k] is None:
+            image, lamda, _ = lamda_rules.automatic_lamda(kspace, mask, coil_maps, method=source, rule="auto")
+        else:
+            lamda = float(lamdas[k])
+            image = reconstruct(kspace, mask, coil_maps, lamda=lamda)
+        images.append(complex_to_channels(image.to(y.device)[None])[0])
+        chosen.append(float(lamda))
+    return torch.stack(images), chosen
