@@ -373,7 +373,9 @@ def summary(docs: List[Any]) -> List[str]:
                 automatic = any("margin_l1_wavelet_auto" in row for row in rows.values())
                 reference, text = (("l1_wavelet_auto", "automatic-lambda L1") if automatic
                                    else ("l1_wavelet", "L1-wavelet"))
-                for key in ("aseqdip", "ugodit", "ugodit_untrained", "self_guided_dip", "dip"):
+                variants = list((r.get("settings") or {}).get("method_variants") or {})
+                variant_keys = [k for k in rows if k in variants or any(k.startswith(f"{v}_mean_") for v in variants)]
+                for key in ("aseqdip", "ugodit", "ugodit_untrained", "self_guided_dip", "dip", *variant_keys):
                     margin = rows.get(key, {}).get(f"margin_{reference}")
                     if margin:
                         parts.append(f"{key} {rows[key]['mean_psnr']:.2f} dB ({margin['mean']:+.2f}, worst "
@@ -422,8 +424,10 @@ def summary(docs: List[Any]) -> List[str]:
             extra = ([str(warm_args)] if warm_args else []) + (
                 ["input from the neighbour's image"] if r["settings"].get("warm_input") in ("neighbour", "auto") else [])
             how = f"warm ({', '.join([str(r['settings']['warm_steps']) + ' steps'] + extra)})"
+            method_args = r["settings"].get("method_args") or {}
+            every = f" (every fit with {method_args})" if method_args else ""
             for key, row in r["summary"].items():
-                parts = [f"cold {row['cold_psnr']:.2f} dB in {row['cold_seconds']:.0f} s"]
+                parts = [f"cold{every} {row['cold_psnr']:.2f} dB in {row['cold_seconds']:.0f} s"]
                 if "warm_psnr" in row:
                     parts.append(f"{how} {row['warm_psnr_change']:+.2f} dB in x{row['warm_time_ratio']:.2f} of the time")
                 if "warm_stop_psnr" in row:

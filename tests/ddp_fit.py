@@ -35,7 +35,8 @@ def main(kind: str, devices: int, out: str) -> None:
         method = SelfGuidedDIP(num_measurements=2, network="unet", network_args=NETWORK, lr=1e-3, num_draws=2)
     else:
         batch = mri_batch(num=2, size=16, seed=4)
-        method = ASeqDIP(num_measurements=2, network="unet", network_args=NETWORK, lr=1e-3, update_every=5)
+        method = ASeqDIP(num_measurements=2, network="unet", network_args=NETWORK, lr=1e-3, update_every=5,
+                         mean_with="l1_wavelet" if kind == "fit" else None)  # each rank works out its rows' L1 image
         if kind == "flags":
             precision, clip = "bf16-mixed", 1.0
         elif kind == "unsharded":

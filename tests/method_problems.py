@@ -95,6 +95,23 @@ def sr_batch(num: int = 1, size: int = 32, seed: int = 0) -> Dict[str, Any]:
     }
 
 
+def fit(method, batch: Dict[str, Any], steps: int, callbacks=()):
+    """``method`` fitted to ``batch`` for ``steps`` steps on the CPU (no logger, checkpoints or bars); returns it."""
+    import pytorch_lightning as pl
+
+    pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks)).fit(
+        method, loader(batch, steps))
+    return method
+
+
+def aseqdip(**kwargs: Any):
+    """aSeqDIP with the tiny U-Net, at a learning rate and input period that suit the tiny problems."""
+    from ugodit_pl.methods import ASeqDIP
+
+    return ASeqDIP(**{"num_measurements": 1, "network_args": TINY_UNET, "lr": 3e-3, "update_every": 5, **kwargs})
+
+
 class FixedBatch(IterableDataset):
     """Yields the same batch ``steps`` times (one optimiser step each)."""
 

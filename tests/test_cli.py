@@ -277,6 +277,10 @@ def test_reconstruct_inpainted_images_with_held_out_pixels(tmp_path, capsys):
     lines = error_lines(capsys)
     assert len(lines) == 1 and "'super_resolution'" in lines[0] and "--stop heldout" in lines[0]
     assert not (sr / "coffee.png").exists()
+    assert main(reconstruct_args(images, weights, sr, *stopping[:3], "--mean-with", "l1_wavelet")) == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and "--mean-with l1_wavelet averages with compressed sensing" in lines[0], lines
+    assert not (sr / "coffee.png").exists()
 
 
 def test_reconstruct_refuses_weights_for_another_task(mri_folder, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Two CPU processes (gloo, Lightning's "ddp" strategy) compute what one process computes.
 
 Group pre-training shards the measurements over the ranks (uneven shards included) and
-all-reduces the encoder gradients; fitting a set of measurements gives each rank its own; Self-Guided
+all-reduces the encoder gradients; fitting a set of measurements gives each rank its own (and, with
+``mean_with``, its rows' compressed-sensing images, shared with the other rank); Self-Guided
 DIP's inputs z are parameters whose gradients DDP reduces, and its noise is drawn per row. Mixed
 precision with clipping runs under DDP, and a loader that serves every rank the same rows is refused.
 """

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from method_problems import tiny_transferable_weights
 from ugodit_pl.apps.cli import main
@@ -131,6 +132,7 @@ def test_held_out_stopping_on_the_warm_slices_only(volume, weights, tmp_path):
     (("--num-nodes", "0"), "--num-nodes must be a whole number >= 1"),
     (("--refit-steps", "5"), "--refit-steps refits a slice after its held-out stop: give --stop heldout too"),
     (("--stop", "heldout", "--refit-steps", "-1"), "--refit-steps must be a whole number >= 0"),
+    (("--mean-with", "sense"), "argument --mean-with: invalid choice: 'sense'"),
 ])
 def test_bad_volume_options_are_refused_before_fitting(volume, weights, tmp_path, capsys, extra, message):
     import re
@@ -159,6 +161,25 @@ def test_two_nodes_write_the_same_volume_as_one_process(volume, weights, tmp_pat
     outputs = [launch.communicate(timeout=300)[0] for launch in launches]
     assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     np.testing.assert_allclose(volume_of(nodes), volume_of(single), rtol=1e-4, atol=1e-6)
+
+
+def test_mean_with_l1_along_a_warm_chain_carries_the_first_slices_lambda(volume, weights, tmp_path):
+    from ugodit_pl.methods.warm import load_warm_state
+
+    plain, mean = tmp_path / "plain", tmp_path / "mean"
+    assert main(args(volume, weights, plain, "--warm-start", "--slices", "0:3")) == 0
+    assert main(args(volume, weights, mean, "--warm-start", "--slices", "0:3", "--mean-with", "l1_wavelet")) == 0
+    summary = json.loads((mean / "reconstruct_summary.json").read_text())
+    assert summary["mean_with"] == "l1_wavelet" and json.loads((plain / "reconstruct_summary.json").read_text())[
+        "mean_with"] is None
+    states = [load_warm_state(mean / ".warm" / f"demo_mri_00.h5.slice_{s:04d}.pt") for s in range(3)]
+    assert all(state["mean_with"] == "l1_wavelet" for state in states)
+    assert len({state["mean_lamda"] for state in states}) == 1  # chosen on the first slice, reused by the chain
+    # the networks are those of the run without the mean: the chain carries the network's image, not the mean
+    for state, other in zip(states, (load_warm_state(plain / ".warm" / f"demo_mri_00.h5.slice_{s:04d}.pt")
+                                     for s in range(3))):
+        assert torch.equal(state["reconstruction"], other["reconstruction"])
+    assert np.isfinite(volume_of(mean)).all() and not np.array_equal(volume_of(mean), volume_of(plain))
 
 
 def test_warm_input_from_the_neighbour_by_default(volume, weights, tmp_path):

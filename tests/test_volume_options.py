@@ -10,21 +10,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from method_problems import TINY_UNET, loader, mri_batch, sr_batch
+from method_problems import TINY_UNET, aseqdip, fit, mri_batch, sr_batch
 from ugodit_pl.callbacks import HeldOutEarlyStopping
 from ugodit_pl.methods import DIP, ASeqDIP, SelfGuidedDIP
 from ugodit_pl.methods.holdout import holdout_error, holdout_mask, split_measurement
-
-
-def fit(method, batch, steps, callbacks=()):
-    pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks)).fit(
-        method, loader(batch, steps))
-    return method
-
-
-def aseqdip(**kwargs):
-    return ASeqDIP(**{"num_measurements": 1, "network_args": TINY_UNET, "lr": 3e-3, "update_every": 5, **kwargs})
 
 
 def data_error(operator, x, y):

@@ -150,10 +150,11 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
             reconstruction is the mean of the network's and that compressed-sensing reconstruction of the
             same measurement, its lambda chosen without ground truth (``lamda_rules.automatic_lamda``) or
             carried from a warm start's neighbour (``ugodit_pl.methods.classical_mean``; MRI only). Worked
-            out once, before the first step. On the real-phase MRI panel the mean with L1-wavelet was
-            0.25 to 0.6 dB above both the network and the automatic-lambda L1 on average, and lost to the
-            network alone where the network was far ahead (decision 11), so it is not the default.
-            ``network_reconstruction`` is the network's image alone.
+            out once, before the first step. On the real-phase MRI panel aSeqDIP's mean with L1-wavelet
+            was +0.67 / +0.25 dB over the network alone (4x / 8x) and +0.38 / +0.24 dB over the
+            automatic-lambda L1; on warm-started volumes +1.1 dB over the network alone (decision 13).
+            Not the papers' reconstruction, so not the default. ``network_reconstruction`` is the
+            network's image alone.
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).

@@ -10,12 +10,14 @@ maps, its lambda chosen without ground truth by ``ugodit_pl.lamda_rules.automati
 ``"auto"``: held-out k-space cross-validation, the discrepancy principle where nothing can be held out),
 or taken from a warm start's neighbour (``lamdas``), which costs one solve instead of the search.
 
-Why: on the real-phase MRI panel the network and compressed sensing err in different places; the
-mean of the two was above both on average, at 4x (width 32 + TV: +0.60 dB over the automatic-lambda
-L1, +0.55 dB over its oracle lambda) and at 8x (+0.27 / +0.25 dB), while the networks alone were
-level with the automatic-lambda L1 (``benchmarks/results/decisions.md``, decision 11). It is not the
-papers' reconstruction, and it lost to the network alone where the network was far ahead (the EPI slice,
--0.3 dB), so it is an option, off by default.
+Why: on the real-phase MRI panel the network and compressed sensing err in different places, and
+the mean of the two was above both on average: aSeqDIP at its defaults +0.67 / +0.25 dB over the
+network alone (4x / 8x; five of six problems, the sixth -0.1 dB) and +0.38 / +0.24 dB over the
+automatic-lambda L1; width 32 + TV +0.60 dB over that L1 at 4x. On two simulated volumes, warm-started
+with the lambda carried, +1.1 dB over the networks alone and 0.6 to 1.1 dB over L1
+(``benchmarks/results/decisions.md``, decisions 11 and 13). It is not the papers' reconstruction, and
+the search over lambdas costs a quarter to a third of a 600-step CPU fit, so it is an option, off by
+default.
 
 >>> import torch
 >>> from ugodit_pl.operators import MultiCoilMRI

@@ -36,8 +36,8 @@ class FittedResults:
     ``final_projection``, ``mean_with``, ``final_output`` and ``last_index``, which the method sets)."""
 
     def _rows_in_units(self, name: str, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rows of the state's ``ema``, ``last``, ``projected`` or ``classical`` in the measurement's units; NaN
-        where a row has no output yet.
+        """Rows of the state's ``ema``, ``last`` or ``projected`` in the measurement's units; NaN where a row has
+        none yet.
 
         Read from the state, so after a ``DivergenceRollback`` restore they are the restored ones.
         """
@@ -89,7 +89,9 @@ class FittedResults:
         compressed-sensing images when ``mean_with`` is set (unchanged otherwise)."""
         if self.mean_with is None:
             return images
-        classical = self._rows_in_units("classical", rows)
+        state = self.fit_state  # every process holds every row's image (shared in ``prepare``)
+        rows = torch.arange(state.num_rows, device=state.ema.device) if rows is None else rows.to(state.ema.device)
+        classical = undo_scale(state.classical[rows], state.scales[rows])
         return (images + classical.to(images.device, images.dtype)) / 2
 
     def all_network_reconstructions(self) -> torch.Tensor:
