@@ -17,7 +17,7 @@ def l1_image(batch, row, lamda=None):
     """(2, H, W) L1-wavelet image of ``row`` at ``lamda`` (None: the automatic rule's), and its lambda."""
     y, mask, maps = batch["y"][row], batch["operator"].mask[row], batch["operator"].coil_maps[row]
     if lamda is None:
-        image, lamda, _ = lamda_rules.automatic_lamda(y, mask, maps, method="l1_wavelet", rule="auto")
+        image, lamda = lamda_rules.automatic_lamda(y, mask, maps, method="l1_wavelet", rule="auto")[:2]
     else:
         image = classical.l1_wavelet(y, mask, maps, lamda=lamda)
     return complex_to_channels(image[None])[0], lamda
@@ -47,7 +47,7 @@ def test_mean_with_total_variation_and_without_the_final_projection():
     plain = fit(aseqdip(final_projection=False), batch, 3)
     mean = fit(aseqdip(final_projection=False, mean_with="total_variation"), batch, 3)
     y, mask, maps = batch["y"][0], batch["operator"].mask[0], batch["operator"].coil_maps[0]
-    image, _, _ = lamda_rules.automatic_lamda(y, mask, maps, method="total_variation", rule="auto")
+    image = lamda_rules.automatic_lamda(y, mask, maps, method="total_variation", rule="auto").image
     close(mean.reconstruction[0], (plain.ema_output[0] + complex_to_channels(image[None])[0]) / 2)
 
 

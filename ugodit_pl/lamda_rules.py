@@ -22,6 +22,9 @@ A user with one undersampled scan has no target to tune lambda on; two rules any
   outside its centre), else ``"discrepancy"``. On the real-MRI panel at 8x, locations held out picked
   lambdas within 0.04 dB of the oracle where the discrepancy principle was 1.2 dB below it
   (decision 11 of benchmarks/results/decisions.md).
+  Lines are also replaced by single locations where no lambda predicts the held-out lines better than
+  zero (every error >= 1): on the real brain at 230 x 180, 8x equispaced, held-out lines picked the
+  largest lambda, 2.9 dB below the oracle, and locations the oracle's (decision 13).
 
 The grids (``LAMDA_GRID``) are relative to the k-space scaled so that the zero-filled coil-combined
 image has max 1, as every ``lamda`` of :mod:`ugodit_pl.classical`.
@@ -31,15 +34,16 @@ image has max 1, as every ``lamda`` of :mod:`ugodit_pl.classical`.
 >>> maps = torch.ones(1, 32, 32, dtype=torch.complex64)
 >>> mask = torch.zeros(32, 32); mask[:, 12:20] = 1; mask[:, ::2] = 1
 >>> truth = torch.randn(32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
->>> image, lamda, scores = automatic_lamda(fft2c(truth)[None] * mask, mask, maps, method="total_variation",
-...                                        rule="cv", holdout_fraction=0.3, folds=2, max_iter=5)
->>> image.shape, lamda in scores
-(torch.Size([32, 32]), True)
+>>> image, lamda, scores, held_out = automatic_lamda(fft2c(truth)[None] * mask, mask, maps,
+...                                                  method="total_variation", rule="cv", holdout_fraction=0.3,
+...                                                  folds=2, max_iter=5)
+>>> image.shape, lamda in scores, held_out
+(torch.Size([32, 32]), True, ('lines', 0.3))
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,7 +51,7 @@ from ugodit_pl import classical
 from ugodit_pl.arguments import check_choice
 from ugodit_pl.complex import fft2c
 
-__all__ = ["LAMDA_GRID", "RECONSTRUCTIONS", "RULES", "automatic_lamda", "cross_validation_plan",
+__all__ = ["AutomaticLamda", "LAMDA_GRID", "RECONSTRUCTIONS", "RULES", "automatic_lamda", "cross_validation_plan",
            "cross_validation_possible", "noise_variance"]
 
 #: The lambdas each rule chooses from.
@@ -125,10 +129,11 @@ def _discrepancies(reconstruct: Callable[..., torch.Tensor], k: torch.Tensor, m:
     return {lamda: (residual - floor) / level for lamda, residual in residuals.items()}, images
 
 
-def cross_validation_plan(mask: classical.ArrayLike, holdout_fraction: float = 0.2) -> Optional[Tuple[str, float]]:
+def cross_validation_plan(mask: classical.ArrayLike, holdout_fraction: float = 0.2,
+                          patterns: Sequence[str] = ("lines", "points")) -> Optional[Tuple[str, float]]:
     """What ``"cv"`` holds out of ``mask`` (H, W): ``("lines", holdout_fraction)`` where the sampled lines outside
     the calibration region allow it, else ``("points", fraction)`` with the least of ``holdout_fraction``,
-    0.3, 0.4 and 0.5 that holds out enough single locations; None where neither does.
+    0.3, 0.4 and 0.5 that holds out enough single locations; None where neither does (of ``patterns``).
 
     >>> import torch
     >>> mask = torch.zeros(32, 32); mask[:, 12:20] = 1
@@ -143,6 +148,8 @@ def cross_validation_plan(mask: classical.ArrayLike, holdout_fraction: float = 0
     m = m.expand(m.shape[-2:])
     fractions = [float(holdout_fraction)] + [f for f in (0.3, 0.4, MAX_POINTS_FRACTION) if f > holdout_fraction]
     for pattern, choices in (("lines", fractions[:1]), ("points", fractions)):
+        if pattern not in patterns:
+            continue
         for fraction in choices:
             try:
                 holdout_mask(m, fraction, seed=0, row=0, pattern=pattern)
@@ -164,14 +171,24 @@ def cross_validation_possible(mask: classical.ArrayLike, holdout_fraction: float
     return cross_validation_plan(mask, holdout_fraction) is not None
 
 
+class AutomaticLamda(NamedTuple):
+    """What :func:`automatic_lamda` chose."""
+
+    image: torch.Tensor  #: (H, W) complex64, the reconstruction at ``lamda``
+    lamda: float
+    scores: Dict[float, float]  #: per lambda: the held-out error ("cv") or the residual / noise-level ratio
+    held_out: Optional[Tuple[str, float]]  #: what cross-validation held out (pattern, fraction); None: discrepancy
+
+
 def automatic_lamda(kspace: classical.ArrayLike, mask: classical.ArrayLike, coil_maps: classical.ArrayLike, *,
                     method: str = "l1_wavelet", rule: str = "cv", lamdas: Sequence[float] = LAMDA_GRID,
                     holdout_fraction: float = 0.2, folds: int = 3, seed: int = 0,
-                    max_iter: Optional[int] = None) -> Tuple[torch.Tensor, float, Dict[float, float]]:
+                    max_iter: Optional[int] = None) -> AutomaticLamda:
     """``method`` (``RECONSTRUCTIONS``) at the lambda of ``lamdas`` that ``rule`` (``RULES``) picks.
 
-    Returns ``(image (H, W) complex64, chosen lambda, scores)``: the held-out errors (``"cv"``) or the
-    residual / noise-level ratios (``"discrepancy"``), one per lambda.
+    Returns :class:`AutomaticLamda` ``(image, lamda, scores, held_out)``. Where held-out lines are
+    predicted no better than by zero at any lambda (every error >= 1: an equispaced pattern, whose
+    missing line no reconstruction can fill), ``"cv"`` judges on single sampled locations instead.
     """
     check_choice("method", method, tuple(RECONSTRUCTIONS))
     check_choice("rule", rule, RULES)
@@ -188,11 +205,14 @@ def automatic_lamda(kspace: classical.ArrayLike, mask: classical.ArrayLike, coil
     if rule == "auto":
         rule = "cv" if plan is not None else "discrepancy"
     if rule == "cv":  # without a plan, holding out lines raises the error that says why
-        scores = _cross_validated(reconstruct, k, m, s, lamdas, plan or ("lines", holdout_fraction), int(folds), seed,
-                                  method, **args)
+        plan = plan or ("lines", holdout_fraction)
+        scores = _cross_validated(reconstruct, k, m, s, lamdas, plan, int(folds), seed, method, **args)
+        points = cross_validation_plan(m, holdout_fraction, patterns=("points",)) if plan[0] == "lines" else None
+        if points is not None and min(scores.values()) >= 1.0:
+            plan, scores = points, _cross_validated(reconstruct, k, m, s, lamdas, points, int(folds), seed, method, **args)
         best = min(scores, key=scores.get)
-        return reconstruct(k, m, s, lamda=best, **args), best, scores
+        return AutomaticLamda(reconstruct(k, m, s, lamda=best, **args), best, scores, plan)
     scores, images = _discrepancies(reconstruct, k, m, s, lamdas, **args)
     within = [lamda for lamda, ratio in scores.items() if ratio <= 1.0]
     best = max(within) if within else min(scores, key=scores.get)
-    return images[best], best, scores
+    return AutomaticLamda(images[best], best, scores, None)

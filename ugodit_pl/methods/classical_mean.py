@@ -64,7 +64,7 @@ def classical_images(operator: Operator, y: torch.Tensor, source: str, lamdas: S
         coil_maps = maps[k if maps.shape[0] > 1 else 0]
         kspace = y[k].detach()
         if lamdas[k] is None:
-            image, lamda, _ = lamda_rules.automatic_lamda(kspace, mask, coil_maps, method=source, rule="auto")
+            image, lamda = lamda_rules.automatic_lamda(kspace, mask, coil_maps, method=source, rule="auto")[:2]
         else:
             lamda = float(lamdas[k])
             image = reconstruct(kspace, mask, coil_maps, lamda=lamda)

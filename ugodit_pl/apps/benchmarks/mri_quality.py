@@ -213,11 +213,11 @@ def _automatic(y: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, method: 
     """``method`` at the lambda of ``grid`` that ``lamda_rules``' "auto" rule picks; the rule and lambda it used."""
     from ugodit_pl import lamda_rules
 
-    plan = lamda_rules.cross_validation_plan(mask.expand(y.shape[-2:]))
-    rule = "discrepancy" if plan is None else "cv"
-    recon, lamda, scores = lamda_rules.automatic_lamda(y, mask, maps, method=method, rule=rule, lamdas=grid, **args)
+    chosen = lamda_rules.automatic_lamda(y, mask, maps, method=method, rule="auto", lamdas=grid, **args)
+    plan = chosen.held_out
     held_out = {} if plan is None else {"held_out": plan[0], "holdout_fraction": plan[1]}
-    return recon, {"lamda": lamda, "rule": rule, **held_out, "scores": {str(k): v for k, v in scores.items()}}
+    return chosen.image, {"lamda": chosen.lamda, "rule": "discrepancy" if plan is None else "cv", **held_out,
+                          "scores": {str(k): v for k, v in chosen.scores.items()}}
 
 
 # --------------------------------------------------------------------------- networks
