@@ -144,6 +144,8 @@ def cross_validation_plan(mask: classical.ArrayLike, holdout_fraction: float = 0
     """
     from ugodit_pl.methods.holdout import holdout_mask
 
+    for pattern in patterns:
+        check_choice("patterns", pattern, ("lines", "points"))
     m = torch.as_tensor(mask)
     m = m.expand(m.shape[-2:])
     fractions = [float(holdout_fraction)] + [f for f in (0.3, 0.4, MAX_POINTS_FRACTION) if f > holdout_fraction]

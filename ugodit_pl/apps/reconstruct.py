@@ -745,9 +745,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--mean-with", default=None, choices=MEAN_SOURCES,
                         help="write the mean of each slice's network reconstruction and its L1-wavelet (or total-"
                              "variation) reconstruction, lambda chosen without ground truth by held-out k-space "
-                             "cross-validation (a warm-started slice takes its neighbour's); on the real-MRI panel "
-                             "0.25 to 0.6 dB above either alone (docs/RESULTS.md, decision 13); default: the "
-                             "network's alone")
+                             "cross-validation (a warm-started slice takes its neighbour's); on the benchmarks' "
+                             "means 0.25 to 1.1 dB above the network alone (docs/RESULTS.md, decision 13); "
+                             "default: the network's alone")
     parser.add_argument("--num-nodes", type=int, default=1,
                         help="machines taking part (Lightning's num_nodes, DDP): launch the same command on each, "
                              "with torchrun or SLURM's srun (README, 'Multi-GPU and multi-node')")
