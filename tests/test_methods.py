@@ -16,6 +16,7 @@ from ugodit_pl.methods import (
     UGoDITPretrain,
     load_transferable_weights,
 )
+from ugodit_pl.methods.losses import total_variation, wavelet_l1
 from ugodit_pl.operators import Operator
 
 
@@ -238,7 +239,7 @@ def test_zero_measurements_is_refused(cls):
     "kwargs, match",
     [({"loss_norm": "l1"}, "loss_norm"), ({"output": "best"}, "output"), ({"input_update": "magic"}, "input_update"),
      ({"update_every": 0}, "update_every"), ({"lam": -1.0}, "lam"), ({"network": "resnet"}, "resnet"),
-     ({"tv_weight": -0.1}, "tv_weight")],
+     ({"tv_weight": -0.1}, "tv_weight"), ({"wavelet_weight": -1e-3}, "wavelet_weight")],
 )
 def test_bad_arguments_are_named(kwargs, match):
     args = {"network": "unet", "network_args": TINY_UNET, **kwargs}
@@ -435,18 +436,17 @@ def test_ugodit_fit_takes_the_residual_setting_of_its_pretraining(tmp_path):
     lambda **kw: ASeqDIP(network="unet", network_args=TINY_UNET, lr=3e-3, update_every=5, seed=2, **kw),
     lambda **kw: SelfGuidedDIP(network="unet", network_args=TINY_UNET, lr=3e-3, num_draws=2, seed=2, **kw),
 ])
-def test_the_tv_weight_adds_the_outputs_total_variation_to_the_objective(make):
-    """The loss is the paper's objective plus tv_weight * TV(output), and a fit with it ends smoother."""
-    from ugodit_pl.methods.losses import total_variation
-
+@pytest.mark.parametrize("weight, term", [("tv_weight", total_variation), ("wavelet_weight", wavelet_l1)])
+def test_a_sparsity_weight_adds_its_term_of_the_output_to_the_objective(make, weight, term):
+    """The loss is the paper's objective plus weight * term(output), and a fit with it ends sparser."""
     batch = mri_batch(num=1, size=32)
-    plain, smooth = (fit(make(final_projection=False, tv_weight=w), batch, 30) for w in (0.0, 10.0))
-    assert float(total_variation(smooth.reconstruction)) < 0.8 * float(total_variation(plain.reconstruction))
+    plain, sparse = (fit(make(final_projection=False, **{weight: w}), batch, 30) for w in (0.0, 10.0))
+    assert float(term(sparse.reconstruction)) < 0.8 * float(term(plain.reconstruction))
     # a step taken by hand: the loss returned is the method's plus exactly the weighted term of its output
-    method = fit(make(tv_weight=0.25), batch, 1)  # sets up the state
+    method = fit(make(**{weight: 0.25}), batch, 1)  # sets up the state
     method.trainer = None
     step = method.begin_step(batch)
     output = method.forward_rows(method.fit_state.inputs[step.rows], step.rows)
     base = method.data_term(output, step)
     total = method.end_step(step, base.clone(), base.detach(), output)
-    assert torch.allclose(total, (base + 0.25 * total_variation(output)).sum())
+    assert torch.allclose(total, (base + 0.25 * term(output)).sum())

@@ -9,7 +9,8 @@ The loop, with the hooks it lives in (docs/ARCHITECTURE.md, "The fitting loop"):
                       z = the rows' inputs                  (aSeqDIP / UGoDIT: z <- f(z) every N steps)
                       out = f(z)                            forward (the method's networks)
                       loss = the method's objective         (its paper's equation, in its module)
-                      return end_step(step, loss, ...)      + tv_weight * TV(out) (an option, off),
+                      return end_step(step, loss, ...)      + tv_weight * TV(out) + wavelet_weight * |W out|_1
+                                                            (options, off),
                                                             EMA and last output, step counters, logs
                                                             (``logs_metrics_at``: every log_every_n_steps)
     Lightning         backward, gradient clipping, optimiser step (the weights; z of Self-Guided DIP)
@@ -50,7 +51,7 @@ from ugodit_pl.methods.defaults import DEFAULT_LR, default_residual, network_def
 from ugodit_pl.methods.holdout import PATTERNS as HOLDOUT_PATTERNS
 from ugodit_pl.methods.holdout import check_holdout_fraction, holdout_error, split_measurement
 from ugodit_pl.methods.inputs import INPUT_INITS, initial_input
-from ugodit_pl.methods.losses import LOSS_NORMS, residual_norm, total_variation
+from ugodit_pl.methods.losses import LOSS_NORMS, residual_norm, total_variation, wavelet_l1
 from ugodit_pl.methods.networks import NETWORK_INITS, NETWORK_SEEDS
 from ugodit_pl.methods.optim import adam, check_optimizer_args
 from ugodit_pl.methods.results import FittedResults, ema_past_weight
@@ -146,6 +147,11 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
             2 x the lambda of L1 compressed sensing on a max-1 image). On the real-phase MRI panel
             0.002 gained 0.1 to 0.5 dB on every 4x problem for every U-Net method and lost 0.15 to
             0.25 dB on the brain at 8x (docs/RESULTS.md decision 11), so it is not the default.
+        wavelet_weight: 0 (off: the papers' objectives), or the weight of the other sparsity term: the L1
+            norm of the output's orthonormal db4 wavelet coefficients per pixel
+            (``ugodit_pl.methods.losses.wavelet_l1``, sigpy's L1-wavelet prior), in the units of the data
+            term: 2 x the lambda of L1 compressed sensing. Measured on the MRI panel in decision 14
+            of docs/RESULTS.md; not the default.
         mean_with: None (off: the papers' reconstructions), ``"l1_wavelet"`` or ``"total_variation"``: the
             reconstruction is the mean of the network's and that compressed-sensing reconstruction of the
             same measurement, its lambda chosen without ground truth (``lamda_rules.automatic_lamda``) or
@@ -187,6 +193,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         holdout_fraction: float = 0.0,
         holdout_pattern: str = "auto",
         tv_weight: float = 0.0,
+        wavelet_weight: float = 0.0,
         mean_with: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -225,6 +232,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self.holdout_fraction = check_holdout_fraction(holdout_fraction)
         self.holdout_pattern = check_choice("holdout_pattern", holdout_pattern, HOLDOUT_PATTERNS)
         self.tv_weight = non_negative("tv_weight", tv_weight)
+        self.wavelet_weight = non_negative("wavelet_weight", wavelet_weight)
         self.mean_with = None if mean_with is None else check_choice("mean_with", mean_with, MEAN_SOURCES)
         self.final_projection_arg = final_projection
         # None is resolved in ``prepare`` (MRI or not) and kept in checkpoints
@@ -492,10 +500,12 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         return split_measurement(operator, y, self.holdout_fraction, self.seed, rows, names, self.holdout_pattern)
 
     def end_step(self, step: Step, loss: torch.Tensor, data: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """Add the ``tv_weight`` term to the method's loss, record the step's outputs (EMA, last), advance the
+        """Add the sparsity terms (``tv_weight``, ``wavelet_weight``) to the method's loss, record the step's outputs (EMA, last), advance the
         rows' counters, log; return the loss to minimise."""
         if self.tv_weight:
             loss = loss + self.tv_weight * total_variation(output)
+        if self.wavelet_weight:
+            loss = loss + self.wavelet_weight * wavelet_l1(output)
         output = output.detach() if step.support is None else output.detach() * step.support.to(output.dtype)
         self._record_output(output, step)
         self.fit_state.steps[step.row_list] += 1

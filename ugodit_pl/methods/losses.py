@@ -1,4 +1,5 @@
-"""Per-measurement loss norms shared by every method, and the optional total-variation term.
+"""Per-measurement loss norms shared by every method, and the optional sparsity terms (total variation,
+wavelet L1).
 
 ``"mse"`` is the squared error averaged over the entries (the authors' natural-image code,
 ``nn.MSELoss``); ``"l2"`` is the unsquared Euclidean norm (the authors' MRI notebooks). Both
@@ -11,6 +12,8 @@ tensor([1., 1.])
 tensor([2., 2.])
 >>> bool((total_variation(torch.ones(2, 2, 8, 8)) < 1e-5).all())
 True
+>>> wavelet_l1(torch.zeros(2, 2, 16, 16)).shape
+torch.Size([2])
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ugodit_pl.arguments import check_choice
+from ugodit_pl.methods.wavelets import wavelet_coefficients
 
 LOSS_NORMS = ("mse", "l2")
 
@@ -33,8 +37,14 @@ def residual_norm(residual: torch.Tensor, loss_norm: str) -> torch.Tensor:
     return torch.sqrt(squared.sum(dim=1) + 1e-20)
 
 
-#: Keeps the gradient of |D x| finite where the image is flat.
-TV_EPSILON = 1e-12
+#: Keeps the gradient of |D x| and |W x| finite where they are zero.
+SPARSITY_EPSILON = 1e-12
+
+
+def _channel_modulus(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The Euclidean norm over the channels (a complex MRI image's modulus), kept differentiable at zero."""
+    return (values.square().sum(dim=dim) + SPARSITY_EPSILON).sqrt()
+
 
 
 def total_variation(output: torch.Tensor) -> torch.Tensor:
@@ -50,7 +60,24 @@ def total_variation(output: torch.Tensor) -> torch.Tensor:
     0.3536
     """
     def modulus(difference: torch.Tensor) -> torch.Tensor:
-        return (difference.square().sum(dim=1) + TV_EPSILON).sqrt().flatten(1).sum(dim=1)
+        return _channel_modulus(difference).flatten(1).sum(dim=1)
 
     pixels = output.shape[-2] * output.shape[-1]
     return (modulus(output.diff(dim=-2)) + modulus(output.diff(dim=-1))) / pixels
+
+
+def wavelet_l1(output: torch.Tensor) -> torch.Tensor:
+    """L1 norm of the orthonormal db4 wavelet coefficients of each (B, C, H, W) output, per pixel: a (B,) tensor.
+
+    sum over every coefficient (all levels, the coarsest approximation included, as in sigpy's
+    L1-wavelet) of its norm over the channels (the modulus of a complex coefficient), divided by H W: in
+    the units of the ``"mse"`` data term summed over coils, so that ``wavelet_weight`` is L1 compressed
+    sensing's 2 lambda (``ugodit_pl.methods.wavelets``).
+
+    >>> import torch
+    >>> flat = torch.ones(1, 1, 16, 16)  # 1 level at 16 x 16: 64 approximation coefficients of 2, no detail
+    >>> round(float(wavelet_l1(flat)), 4)  # 128 over 256 pixels
+    0.5
+    """
+    pixels = output.shape[-2] * output.shape[-1]
+    return sum(_channel_modulus(band).flatten(1).sum(dim=1) for band in wavelet_coefficients(output)) / pixels
