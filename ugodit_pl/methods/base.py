@@ -500,8 +500,8 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         return split_measurement(operator, y, self.holdout_fraction, self.seed, rows, names, self.holdout_pattern)
 
     def end_step(self, step: Step, loss: torch.Tensor, data: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """Add the sparsity terms (``tv_weight``, ``wavelet_weight``) to the method's loss, record the step's outputs (EMA, last), advance the
-        rows' counters, log; return the loss to minimise."""
+        """Add the sparsity terms (``tv_weight``, ``wavelet_weight``) to the method's loss, record the step's
+        outputs (EMA, last), advance the rows' counters, log; return the loss to minimise."""
         if self.tv_weight:
             loss = loss + self.tv_weight * total_variation(output)
         if self.wavelet_weight:

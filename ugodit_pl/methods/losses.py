@@ -46,7 +46,6 @@ def _channel_modulus(values: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return (values.square().sum(dim=dim) + SPARSITY_EPSILON).sqrt()
 
 
-
 def total_variation(output: torch.Tensor) -> torch.Tensor:
     """Anisotropic total variation of each (B, C, H, W) output, per pixel: a (B,) tensor.
 
