@@ -45,3 +45,11 @@ def test_the_term_has_a_finite_gradient_at_a_zero_image_and_keeps_the_dtype():
     wavelet_l1(image).sum().backward()
     assert image.grad is not None and bool(torch.isfinite(image.grad).all())
     assert wavelet_l1(torch.zeros(1, 2, 16, 16, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape, levels", [((1, 1, 2, 16), None), ((1, 1, 16, 16), 4)])
+def test_an_image_too_small_for_its_levels_is_refused_by_name(shape, levels):
+    with pytest.raises(ValueError, match=f"{shape[2]} x {shape[3]} pixels is too small"):
+        wavelet_coefficients(torch.zeros(shape), levels=levels)
+    with pytest.raises(ValueError, match="levels must be at least 1"):
+        wavelet_coefficients(torch.zeros(1, 1, 16, 16), levels=0)

@@ -57,9 +57,15 @@ def wavelet_coefficients(image: torch.Tensor, levels: Optional[int] = None, name
     """
     batch, channels, height, width = image.shape
     levels = wavelet_levels(height, width, name) if levels is None else levels
+    if levels < 1:
+        raise ValueError(f"levels must be at least 1, got {levels}")
     block = 2**levels
-    image = F.pad(image, (0, -width % block, 0, -height % block))
     low, high = _filter_bank(name)
+    coarsest = min(height + -height % block, width + -width % block) // 2 ** (levels - 1)
+    if coarsest < len(low) // 2:
+        raise ValueError(f"an image of {height} x {width} pixels is too small for {levels} level(s) of the "
+                         f"{name} wavelet: each level's side must keep at least {len(low) // 2} pixels")
+    image = F.pad(image, (0, -width % block, 0, -height % block))
     bank = torch.tensor([low, high], dtype=image.dtype, device=image.device).view(2, 1, 1, -1)
     approximation = image.reshape(batch * channels, 1, *image.shape[-2:])
     bands: List[torch.Tensor] = []
