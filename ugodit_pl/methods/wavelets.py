@@ -36,7 +36,7 @@ def _filter_bank(name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
 
 def wavelet_levels(height: int, width: int, name: str = WAVELET) -> int:
     """sigpy's number of levels for an image of this size: ``pywt.dwt_max_level`` of the shorter side."""
-    return max(1, pywt.dwt_max_level(min(height, width), pywt.Wavelet(name).dec_len))
+    return max(1, pywt.dwt_max_level(min(height, width), len(_filter_bank(name)[0])))
 
 
 def _analysis_step(signal: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
