@@ -29,7 +29,7 @@ A user with one undersampled scan has no target to tune lambda on; two rules any
   break; the least lambda among them is chosen, the least regularisation the data allow
   (:func:`least_of_ties`). On nibabel's EPI slice at 128 x 96, 4x, lambdas 3e-3, 1e-2 and 3e-2 scored
   0.759, 0.761 and 0.759 for L1-wavelet: the smallest error picked 3e-2, 1.57 dB below the oracle's
-  lambda, the least of the ties 3e-3, 0.14 dB below it; on the 27 other problems measured (the panel
+  lambda, the least of the ties 3e-3, 0.13 dB below it; on the 27 other problems measured (the panel
   at every size, 16 volume slices) no L1 choice changes. Total variation's errors tie more often: on
   the 12 panel problems its choice moves by -0.03 to +0.22 dB (decision 17 of
   benchmarks/results/decisions.md).
