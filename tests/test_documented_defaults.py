@@ -15,7 +15,8 @@ import yaml
 
 from ugodit_pl.apps.reconstruct import DEFAULT_STEPS, parse_args
 from ugodit_pl.methods import ASeqDIP, DIP, ReferenceGuidedDIP, SelfGuidedDIP, UGoDITFit, UGoDITPretrain
-from ugodit_pl.methods.defaults import DEFAULT_ALPHA, DEFAULT_INPUT_LR, DEFAULT_LR, DEFAULT_NUM_DRAWS, SEQUENTIAL_DEFAULTS
+from ugodit_pl.methods.defaults import (DEFAULT_ALPHA, DEFAULT_INPUT_LR, DEFAULT_LR, DEFAULT_NUM_DRAWS, DEFAULT_TV_WEIGHT,
+                                       SEQUENTIAL_DEFAULTS)
 from ugodit_pl.methods.inputs import INPUT_INITS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,8 @@ OVERRIDE = "overrides the library default"
 
 def library_default(method: str, key: str, network: str):
     """What ``key=None`` resolves to for ``method`` with ``network`` (None: not a network-dependent default)."""
+    if key == "tv_weight":
+        return DEFAULT_TV_WEIGHT[network]
     if method in ("ASeqDIP", "UGoDITPretrain", "UGoDITFit"):
         return SEQUENTIAL_DEFAULTS[network].get(key)
     if method == "SelfGuidedDIP":
@@ -41,7 +44,7 @@ def test_config_values_are_the_library_defaults_or_say_they_are_not(path):
     network = args.get("network") or ("unet" if path.name.startswith("mri_") else "skip")
     lines = path.read_text().splitlines()
     checked = 0
-    for key in ("lam", "lr", "alpha", "input_lr", "num_draws"):
+    for key in ("lam", "lr", "alpha", "input_lr", "num_draws", "tv_weight"):
         expected = library_default(method, key, network)
         if key not in args or expected is None:
             continue

@@ -376,6 +376,16 @@ def test_self_guided_input_lr_defaults_per_network(network, args, expected):
     assert SelfGuidedDIP(network=network, network_args=args, input_lr=0.5).input_lr == 0.5
 
 
+@pytest.mark.parametrize("cls", [ASeqDIP, DIP, ReferenceGuidedDIP, SelfGuidedDIP, UGoDITPretrain])
+def test_the_total_variation_term_is_on_for_the_mri_unet_and_off_for_the_skip_net(cls):
+    """tv_weight=None: 0.002 for the U-Net (ours), 0 for the skip net; an explicit 0 is the papers' objective."""
+    skip_args = dict(TINY_SKIP, need_sigmoid=False) if cls is ReferenceGuidedDIP else TINY_SKIP
+    assert cls(network="unet", network_args=TINY_UNET).tv_weight == 0.002
+    assert cls(network="skip", network_args=skip_args).tv_weight == 0.0
+    assert cls(network="unet", network_args=TINY_UNET, tv_weight=0.0).tv_weight == 0.0
+    assert cls(network="skip", network_args=skip_args, tv_weight=0.01).tv_weight == 0.01
+
+
 @pytest.mark.parametrize("make", [
     lambda: ASeqDIP(network="unet", network_args=TINY_UNET, residual=True),
     lambda: ReferenceGuidedDIP(network="unet", network_args=TINY_UNET, residual=True),
@@ -440,10 +450,11 @@ def test_ugodit_fit_takes_the_residual_setting_of_its_pretraining(tmp_path):
 def test_a_sparsity_weight_adds_its_term_of_the_output_to_the_objective(make, weight, term):
     """The loss is the paper's objective plus weight * term(output), and a fit with it ends sparser."""
     batch = mri_batch(num=1, size=32)
-    plain, sparse = (fit(make(final_projection=False, **{weight: w}), batch, 30) for w in (0.0, 10.0))
+    terms = {"tv_weight": 0.0, "wavelet_weight": 0.0}  # the papers' objective, then one term on
+    plain, sparse = (fit(make(final_projection=False, **{**terms, weight: w}), batch, 30) for w in (0.0, 10.0))
     assert float(term(sparse.reconstruction)) < 0.8 * float(term(plain.reconstruction))
     # a step taken by hand: the loss returned is the method's plus exactly the weighted term of its output
-    method = fit(make(**{weight: 0.25}), batch, 1)  # sets up the state
+    method = fit(make(**{**terms, weight: 0.25}), batch, 1)  # sets up the state
     method.trainer = None
     step = method.begin_step(batch)
     output = method.forward_rows(method.fit_state.inputs[step.rows], step.rows)

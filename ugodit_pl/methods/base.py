@@ -10,7 +10,7 @@ The loop, with the hooks it lives in (docs/ARCHITECTURE.md, "The fitting loop"):
                       out = f(z)                            forward (the method's networks)
                       loss = the method's objective         (its paper's equation, in its module)
                       return end_step(step, loss, ...)      + tv_weight * TV(out) + wavelet_weight * |W out|_1
-                                                            (options, off),
+                                                            (TV: on for the MRI U-Net; wavelet: an option),
                                                             EMA and last output, step counters, logs
                                                             (``logs_metrics_at``: every log_every_n_steps)
     Lightning         backward, gradient clipping, optimiser step (the weights; z of Self-Guided DIP)
@@ -47,7 +47,7 @@ from ugodit_pl.arguments import check_choice, fraction, non_negative, positive, 
 from ugodit_pl.methods.batches import CheckedBatch, Step, batch_rows, check_batch_layout, measurement_fingerprints
 from ugodit_pl.methods.classical_mean import MEAN_SOURCES, classical_images
 from ugodit_pl.methods.compiling import compile_arguments
-from ugodit_pl.methods.defaults import DEFAULT_LR, default_residual, network_default
+from ugodit_pl.methods.defaults import DEFAULT_LR, DEFAULT_TV_WEIGHT, default_residual, network_default
 from ugodit_pl.methods.holdout import PATTERNS as HOLDOUT_PATTERNS
 from ugodit_pl.methods.holdout import check_holdout_fraction, holdout_error, split_measurement
 from ugodit_pl.methods.inputs import INPUT_INITS, initial_input
@@ -141,12 +141,13 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
             watches. Must be below 0.5.
         holdout_pattern: what is held out: whole lines of a 1-D mask (``"lines"``), single sampled
             locations (``"points"``), or ``"auto"``: lines for a 1-D k-space mask, points otherwise.
-        tv_weight: 0 (off: the papers' objectives), or the weight of a sparsity term added to every
-            method's objective: the total variation of the network output per pixel
-            (``ugodit_pl.methods.losses.total_variation``), in the units of the data term (about
-            2 x the lambda of L1 compressed sensing on a max-1 image). On the real-phase MRI panel
-            0.002 gained 0.1 to 0.5 dB on every 4x problem for every U-Net method and lost 0.15 to
-            0.25 dB on the brain at 8x (docs/RESULTS.md decision 11), so it is not the default.
+        tv_weight: the weight of a sparsity term added to every method's objective: the total
+            variation of the network output per pixel (``ugodit_pl.methods.losses.total_variation``),
+            in the units of the data term (about 2 x the lambda of L1 compressed sensing on a max-1
+            image). 0 is the papers' objectives. None takes ``DEFAULT_TV_WEIGHT`` for the network:
+            0.002 for the MRI U-Net (ours: on the real-MRI panel +0.02 to +1.26 dB on every 4x problem,
+            +0.6 dB at 8x at native size, -0.15 to -0.45 dB on the 96x72 brain crop at 8x;
+            docs/RESULTS.md decision 18), 0 for the skip net.
         wavelet_weight: 0 (off: the papers' objectives), or the weight of the other sparsity term: the L1
             norm of the output's orthonormal db4 wavelet coefficients per pixel
             (``ugodit_pl.methods.losses.wavelet_l1``, sigpy's L1-wavelet prior), in the units of the data
@@ -192,7 +193,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         final_projection: Optional[bool] = None,
         holdout_fraction: float = 0.0,
         holdout_pattern: str = "auto",
-        tv_weight: float = 0.0,
+        tv_weight: Optional[float] = None,
         wavelet_weight: float = 0.0,
         mean_with: Optional[str] = None,
     ) -> None:
@@ -231,7 +232,8 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         self.compile_args = compile_arguments(compile)
         self.holdout_fraction = check_holdout_fraction(holdout_fraction)
         self.holdout_pattern = check_choice("holdout_pattern", holdout_pattern, HOLDOUT_PATTERNS)
-        self.tv_weight = non_negative("tv_weight", tv_weight)
+        self.tv_weight = (network_default(DEFAULT_TV_WEIGHT, self.network_name) if tv_weight is None
+                          else non_negative("tv_weight", tv_weight))
         self.wavelet_weight = non_negative("wavelet_weight", wavelet_weight)
         self.mean_with = None if mean_with is None else check_choice("mean_with", mean_with, MEAN_SOURCES)
         self.final_projection_arg = final_projection

@@ -7,6 +7,8 @@ configs, the help and the README against them). Imports nothing heavy, so ``ugod
 
 >>> network_default(SEQUENTIAL_DEFAULTS, "unet")["lam"]
 0.8
+>>> network_default(DEFAULT_TV_WEIGHT, "UNet")
+0.002
 >>> network_default(DEFAULT_LR, "vgg")
 Traceback (most recent call last):
 ...
@@ -50,6 +52,16 @@ DEFAULT_ALPHA = {"unet": 0.5, "skip": 2.0}
 #: decision 11) J = 1 gave 23.63 / 21.82 dB (4x / 8x means) against 23.68 / 21.85 dB with J = 4, in
 #: a quarter of the time: about aSeqDIP's time per step instead of 3.9x.
 DEFAULT_NUM_DRAWS = {"unet": 1, "skip": 4}
+
+
+#: The weight of the total-variation term added to the objective (``tv_weight``; ``ugodit_pl.methods.losses``),
+#: by network. 0 is the papers' objectives. For the MRI U-Net 0.002 (about the lambda 1e-3 of L1
+#: compressed sensing that held-out k-space picks on the panel). On the real-MRI panel it raised every
+#: 4x problem at every width (16, 32, 64) and budget measured (+0.02 to +1.26 dB; the 4x mean +0.13 to
+#: +0.68 dB) and both native-size problems at 8x (+0.6 dB), and lowered one problem, the 96x72 brain
+#: crop at 8x (nine sampled columns; -0.15 to -0.45 dB), whose native 230x180 slice it raises
+#: (docs/RESULTS.md decisions 11, 15 and 18). Not measured on natural images: 0 for the skip net.
+DEFAULT_TV_WEIGHT = {"unet": 0.002, "skip": 0.0}
 
 
 def default_residual(network: str, input_init: str) -> bool:

@@ -110,12 +110,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "pretrain_args": {}, "method_variants": {}, "holdout_args": {"patience": 200, "check_every": 10, "refit_steps": 100},
     },
     # the papers' setting (for a GPU, not run yet): full slices, the authors' U-Net width, 3000 steps; beside
-    # the papers' objectives, the total-variation term that is the best lever on CPU (decision 15)
+    # the library's defaults (with the U-Net's total-variation term, decision 18), the papers' objectives
     "full": {
         "panel": "full", "network_args": {"channels": [64, 128, 256, 256]}, "steps": 3000, "pretrain_steps": 3000,
         "pretrain_crop": (128, 96), "eval_every": 100, "coil_map_args": {}, "sense_iter": None, "l1_iter": None,
         "l1_grid": list(LAMDA_GRID), "methods": METHODS, "workers": 4, "method_args": {}, "es_args": {},
-        "pretrain_args": {}, "method_variants": {f"{m}_tv": {"method": m, "args": {"tv_weight": 0.002}}
+        "pretrain_args": {}, "method_variants": {f"{m}_papers": {"method": m, "args": {"tv_weight": 0.0}}
                                                  for m in ("aseqdip", "ugodit", "ugodit_untrained")},
         "holdout_args": {"patience": 400, "check_every": 10, "refit_steps": 300},
     },
