@@ -144,10 +144,9 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         tv_weight: the weight of a sparsity term added to every method's objective: the total
             variation of the network output per pixel (``ugodit_pl.methods.losses.total_variation``),
             in the units of the data term (about 2 x the lambda of L1 compressed sensing on a max-1
-            image). 0 is the papers' objectives. None takes ``DEFAULT_TV_WEIGHT`` for the network:
-            0.002 for the MRI U-Net (ours: on the real-MRI panel +0.02 to +1.26 dB on every 4x problem,
-            +0.6 dB at 8x at native size, -0.15 to -0.45 dB on the 96x72 brain crop at 8x;
-            docs/RESULTS.md decision 18), 0 for the skip net.
+            image). 0 is the papers' objectives. None takes ``DEFAULT_TV_WEIGHT`` for the network: on
+            for the MRI U-Net (ours; its value and the panel's evidence are stated there, decision 18 of
+            docs/RESULTS.md), off for the skip net.
         wavelet_weight: 0 (off: the papers' objectives), or the weight of the other sparsity term: the L1
             norm of the output's orthonormal db4 wavelet coefficients per pixel
             (``ugodit_pl.methods.losses.wavelet_l1``, sigpy's L1-wavelet prior), in the units of the data
