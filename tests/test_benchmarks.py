@@ -324,6 +324,16 @@ def test_mri_quality_refuses_a_bad_variant_before_fitting(variant, match):
         variant_budget("v", settings)
 
 
+@pytest.mark.parametrize("method_args", [{"lam": 0.4}, {"aseqdip": 0.4}])
+def test_mri_quality_refuses_method_args_not_keyed_by_a_method_before_fitting(tmp_path, method_args):
+    """A flat ``method_args`` (keyword arguments without the method's name) would be silently unused."""
+    from ugodit_pl.apps.benchmarks.mri_quality import run_mri_quality
+
+    with pytest.raises(ValueError, match="method_args maps a method or variant name"):
+        run_mri_quality("tiny", tmp_path, data=tmp_path / "absent", overrides={"method_args": method_args})
+    assert not any(tmp_path.iterdir())
+
+
 def test_mri_quality_zero_filled_matches_an_independent_computation(shared_data):
     """The zero-filled PSNR of the suite equals a direct computation from the file (same mask, maps, target)."""
     import h5py

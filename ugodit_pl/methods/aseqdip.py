@@ -5,7 +5,7 @@
 
 >>> method = ASeqDIP(num_measurements=1, network="unet", network_args={"channels": [4, 8, 8, 8]})
 >>> (method.lam, method.update_every, method.input_update)
-(0.8, 10, 'sequential')
+(0.4, 10, 'sequential')
 """
 
 from __future__ import annotations

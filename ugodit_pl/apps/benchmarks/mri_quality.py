@@ -489,6 +489,10 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
             raise ValueError(f"variant name {name!r} is a method's name; give the variant its own name")
         variant_of(name, settings)
         variant_budget(name, settings)
+    for name, args in dict(settings.get("method_args") or {}).items():
+        if name not in METHODS and name not in variants or not isinstance(args, dict):
+            raise ValueError(f"method_args maps a method or variant name to its keyword arguments, e.g. "
+                             f"{{\"aseqdip\": {{\"lam\": 0.4}}}}; got {name!r}: {args!r} (methods: {', '.join(METHODS)})")
     entries, notes = list(panel.PANELS[settings["panel"]]), []
     if settings.get("problems"):
         entries = [e for e in entries if e["name"] in settings["problems"]]

@@ -404,7 +404,7 @@ def loop_overhead(
 ) -> Dict[str, Any]:
     """The library's fit step against the same objective as a plain PyTorch loop, side by side, on CPU.
 
-    The library: ``ASeqDIP`` at its defaults (residual U-Net, lambda 0.8, N = 10, fused Adam) fitted by
+    The library: ``ASeqDIP`` at its defaults (residual U-Net, lambda 0.4, N = 10, fused Adam) fitted by
     a ``pl.Trainer`` (no logger, progress bar or checkpoints), one step being the time between two
     ``on_train_batch_start`` calls (Lightning's loop, the batch checks, the EMA, the logging
     included). The plain loop: :func:`_plain_aseqdip_loop`. ``repeats`` alternating runs of ``steps``
