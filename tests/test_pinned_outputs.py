@@ -12,7 +12,8 @@ Self-Guided DIP defaults (with ``residual=False`` and the old defaults the previ
 held to 1e-7); all of them again when the fit became float64 end to end (before, UGoDITFit rounded
 its encoder to float32 on load and the problems were built in float32, which moved UGoDITFit by 3e-5
 of the peak on an AMD EPYC against the Intel Xeon that recorded them); the MRI values again when the U-Net's
-default objective took the total-variation term (``DEFAULT_TV_WEIGHT``; the natural-image values did not move).
+default objective took the total-variation term (``DEFAULT_TV_WEIGHT``; the natural-image values did not move);
+ASeqDIP's and UGoDIT's MRI values again when the U-Net's lambda went from 0.8 to 0.4 (``SEQUENTIAL_DEFAULTS``).
 A change that moves any of them is a change of the methods' results: say so, then
 re-record with ``python tests/test_pinned_outputs.py`` (with this checkout first on ``PYTHONPATH``).
 """
