@@ -3,7 +3,7 @@
 >>> from ugodit_pl.methods import ASeqDIP
 >>> method = ASeqDIP(network="unet", network_args={"channels": [4, 8, 8, 8]})
 >>> method.lam, method.lr
-(0.8, 0.001)
+(0.4, 0.001)
 """
 
 from typing import TYPE_CHECKING
