@@ -31,9 +31,10 @@ DEFAULT_LR = {"skip": 0.01, "unet": 3e-4}
 #: 0.03 or 1 were worse on the real-MRI panel. That 0.1 was measured with the data term averaged over
 #: 8 coils; the data term is now summed over the coils (``ReconstructionMethod.data_term``), so the
 #: same weight was 0.8. With the total-variation term (``DEFAULT_TV_WEIGHT``) regularising the output,
-#: half of it, 0.4, fits faster and ends higher on the real-phase panel: +0.17 / +0.13 dB (4x / 8x
-#: means) at width 16 and 600 steps, +0.10 / +0.04 dB at width 32 and 1500 steps, every problem within
-#: a fit's round-off or above (docs/RESULTS.md decision 19).
+#: half of it, 0.4, fits faster on the real-phase panel: +0.16 to +0.18 / +0.05 to +0.13 dB (4x / 8x
+#: means, two seeds) at width 16 and 600 steps, +0.10 / +0.04 dB at width 32 and 1500 steps, +0.02 /
+#: +0.02 dB at 3000 steps (the same images, in half the steps), no problem lower by more than a fit's
+#: round-off (docs/RESULTS.md decision 19).
 SEQUENTIAL_DEFAULTS = {"unet": {"lam": 0.4, "lr": 1e-3}, "skip": {"lam": 2.0, "lr": 0.01}}
 
 #: Self-Guided DIP's Adam learning rate of the input z. The authors' MRI notebook takes 0.1 (with
