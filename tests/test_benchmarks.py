@@ -324,6 +324,28 @@ def test_mri_quality_refuses_a_bad_variant_before_fitting(variant, match):
         variant_budget("v", settings)
 
 
+@pytest.mark.parametrize("overrides, named", [
+    ({"methods": ["ugodit"], "method_variants": {"aseqdip_heldout": {"method": "aseqdip",
+                                                                     "args": {"holdout_fraction": 0.3}}}},
+     "variant 'aseqdip_heldout'"),
+    ({"methods": ["aseqdip"], "method_args": {"aseqdip": {"holdout_fraction": 0.3}}}, "method 'aseqdip'"),
+])
+def test_mri_quality_refuses_held_out_samples_a_mask_cannot_serve_before_fitting(tmp_path, shared_data, monkeypatch,
+                                                                                 overrides, named):
+    """The tiny panel's 8x head samples no line outside its calibration region, so the held-out rule has
+    nothing to hold out there (the 4x brain has 7 lines; 0.3 of them serves): the suite says so, naming
+    problem and method or variant, before it pre-trains or fits anything (it used to fail after the
+    other fits)."""
+    from ugodit_pl.apps.benchmarks import mri_quality
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fitted before the held-out variant was checked")
+
+    monkeypatch.setattr(mri_quality, "fit_method", no_fit)
+    with pytest.raises(ValueError, match=rf"head 64x64 8x, {named}: holdout_fraction=0.3 holds out 0 of the 0"):
+        mri_quality.run_mri_quality("tiny", tmp_path, data=shared_data, overrides=overrides)
+
+
 @pytest.mark.parametrize("method_args", [{"lam": 0.4}, {"aseqdip": 0.4}])
 def test_mri_quality_refuses_method_args_not_keyed_by_a_method_before_fitting(tmp_path, method_args):
     """A flat ``method_args`` (keyword arguments without the method's name) would be silently unused."""

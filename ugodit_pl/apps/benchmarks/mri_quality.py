@@ -49,7 +49,8 @@ fits run in that many processes (2 on a 2-core CPU, one thread each; 4 sharing t
 A variant with ``holdout_fraction`` in its args is the held-out rule of ``ugodit reconstruct --stop
 heldout`` within the step budget: ``HeldOutEarlyStopping`` (``holdout_args``: ``patience``,
 ``check_every``), then ``refit_steps`` on every sample from where it stopped; it is scored after the
-refit (``held_out`` records the stop and the PSNR before the refit), its seconds and steps include both.
+refit (``held_out`` records the stop and the PSNR before the refit), its seconds and steps include both;
+every problem's mask is checked for enough samples to hold out before anything is fitted.
 A variant may start from a classical image (``input_from``, one of :data:`IMAGE_SOURCES`: the network's
 input z_0 is that reconstruction instead of A^H y, ``input_init="reference"``) and may be scored a second
 time as the mean of its image and a classical one (``mean_with``: an entry ``<variant>_mean_<source>``);
@@ -76,6 +77,7 @@ from ugodit_pl.complex import magnitude as complex_magnitude
 from ugodit_pl.arguments import whole
 from ugodit_pl.lamda_rules import LAMDA_GRID
 from ugodit_pl.methods.ensemble import ensemble_mean, repeat_measurements
+from ugodit_pl.methods.holdout import holdout_mask
 
 __all__ = ["PRESETS", "METHODS", "CLASSICAL", "run_mri_quality", "pretraining_group", "problem_metrics", "variant_of"]
 
@@ -515,6 +517,7 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
         for entry in entries:  # in this process: simulate the files and estimate (cache) the maps once
             batch = panel.test_batch(entry, root, folder, cache=cache, coil_map_args=settings["coil_map_args"])
             infos[entry["name"]] = _problem_info(entry, batch)
+            _check_held_out(entry["name"], batch, [*methods, *variants], settings)
             log(f"mri-quality: {entry['name']}: {infos[entry['name']]['sampled_fraction']:.3f} of k-space sampled")
         weights: Dict[Tuple[str, bool], Path] = {}
         pre_tasks = []
@@ -557,6 +560,18 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
     result["summary"] = summarise(result["problems"])
     result["total_seconds"] = time.perf_counter() - start
     return result
+
+
+def _check_held_out(problem: str, batch: Dict[str, Any], names: List[str], settings: Dict[str, Any]) -> None:
+    """Raise, before anything is fitted, where a method's or variant's ``holdout_fraction`` leaves too few
+    samples to hold out on this problem's mask (e.g. 0.3 of the four sampled lines outside the calibration
+    region of an 8x mask 96 columns wide): the error names the problem and the method or variant."""
+    for name in names:
+        extra = variant_of(name, settings)[1]
+        kind = "variant" if name in (settings.get("method_variants") or {}) else "method"
+        if extra.get("holdout_fraction"):
+            holdout_mask(batch["operator"].mask[0], float(extra["holdout_fraction"]), 0, 0,
+                         name=f"{problem}, {kind} {name!r}", pattern=extra.get("holdout_pattern", "auto"))
 
 
 def _problem_info(entry: Dict[str, Any], batch: Dict[str, Any]) -> Dict[str, Any]:
