@@ -568,8 +568,8 @@ def _check_held_out(problem: str, batch: Dict[str, Any], names: List[str], setti
     region of an 8x mask 96 columns wide): the error names the problem and the method or variant."""
     for name in names:
         extra = variant_of(name, settings)[1]
-        kind = "variant" if name in (settings.get("method_variants") or {}) else "method"
         if extra.get("holdout_fraction"):
+            kind = "variant" if name in (settings.get("method_variants") or {}) else "method"
             holdout_mask(batch["operator"].mask[0], float(extra["holdout_fraction"]), 0, 0,
                          name=f"{problem}, {kind} {name!r}", pattern=extra.get("holdout_pattern", "auto"))
 
