@@ -4,6 +4,11 @@ Suites: ``mri-quality``, ``sr-quality``, ``speed``, ``early-stopping``, ``transf
 writes ``DIR/SUITE.json`` (the results, the settings, the command line, the git revision and the
 machine: CPU model, cores, threads, GPU, load average at the start and the end) and its PNG plots.
 
+``mri-quality`` and ``volume`` keep each finished unit (a fit; a method's chains on a volume) in
+``DIR/NAME.partial/`` as it lands (``ugodit_pl.apps.benchmarks.journal``): a killed run, rerun with the
+same command, fits only what was not finished; the folder is removed when the result file is written.
+``--fresh`` starts again.
+
 Presets: ``quick`` (reduced size and steps, for 2 CPU cores), ``full`` (the papers' sizes and step
 counts, meant for a GPU) and ``tiny`` (seconds; for the tests, the numbers mean nothing).
 ``--set KEY=VALUE`` overrides a preset entry (VALUE is JSON, e.g. ``--set steps=50``) and is recorded.
@@ -26,7 +31,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ugodit_pl.apps.benchmarks.journal import Journal
+
 SUITES = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study", "volume")
+#: The suites that keep a journal of their finished units and resume an interrupted run.
+RESUMABLE = ("mri-quality", "volume")
 PRESET_NAMES = ("tiny", "quick", "full")
 
 __all__ = ["SUITES", "main", "run_suite"]
@@ -50,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="file stem of the outputs (default: the suite name), e.g. for a variant run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset entry; VALUE is JSON (repeatable)")
+    parser.add_argument("--fresh", action="store_true",
+                        help=f"discard the finished fits of an interrupted run (DIR/NAME.partial) instead of resuming "
+                             f"it ({', '.join(RESUMABLE)})")
     return parser
 
 
@@ -66,13 +78,14 @@ def _parse_overrides(items: List[str]) -> Dict[str, Any]:
     return overrides
 
 
-def _runner(suite: str) -> Callable[..., Dict[str, Any]]:
-    """The function that runs ``suite``: ``fn(preset, out_dir, data, device, seed, overrides) -> result``."""
+def _runner(suite: str, journal: Optional[Journal] = None) -> Callable[..., Dict[str, Any]]:
+    """The function that runs ``suite``: ``fn(preset, out_dir, data, device, seed, overrides) -> result``;
+    a suite of :data:`RESUMABLE` keeps its finished units in ``journal``."""
     if suite == "mri-quality":
         from ugodit_pl.apps.benchmarks.mri_quality import run_mri_quality
 
         return lambda preset, out, data, device, seed, overrides: run_mri_quality(
-            preset, out, data=data, device=device, seed=seed, overrides=overrides)
+            preset, out, data=data, device=device, seed=seed, overrides=overrides, journal=journal)
     if suite == "sr-quality":
         from ugodit_pl.apps.benchmarks.sr_quality import run_sr_quality
 
@@ -97,7 +110,7 @@ def _runner(suite: str) -> Callable[..., Dict[str, Any]]:
         from ugodit_pl.apps.benchmarks.volume import run_volume_suite
 
         return lambda preset, out, data, device, seed, overrides: run_volume_suite(
-            preset, out, data=data, device=device, seed=seed, overrides=overrides)
+            preset, out, data=data, device=device, seed=seed, overrides=overrides, journal=journal)
     raise ValueError(f"unknown suite {suite!r}; known: {', '.join(SUITES)}")
 
 
@@ -121,10 +134,11 @@ def timing_note(machine: Dict[str, Any]) -> str:
 def run_suite(suite: str, preset: str = "quick", out: str = "benchmarks/results", *, device: Optional[str] = None,
               threads: Optional[int] = None, data: Optional[str] = None, seed: int = 0,
               overrides: Optional[Dict[str, Any]] = None, command: Optional[List[str]] = None,
-              name: Optional[str] = None) -> Path:
+              name: Optional[str] = None, fresh: bool = False) -> Path:
     """Run ``suite`` and write ``out/NAME.json`` (NAME defaults to the suite); returns its path.
 
-    Plots are written as ``SUITE*.png`` and renamed to ``NAME*.png`` when a name is given.
+    Plots are written as ``SUITE*.png`` and renamed to ``NAME*.png`` when a name is given. A suite of
+    :data:`RESUMABLE` resumes from ``out/NAME.partial`` (see the module), unless ``fresh``.
     """
     import torch
 
@@ -143,17 +157,26 @@ def run_suite(suite: str, preset: str = "quick", out: str = "benchmarks/results"
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    journal, resumed = None, 0
+    if suite in RESUMABLE:
+        journal = Journal(out_dir / f"{stem}.partial", _identity(suite, preset, seed, overrides, data, device),
+                          fresh=fresh)
+        resumed = journal.open()
     # plots are written to a fresh folder first, so that only this run's plots are listed and moved
     scratch = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
     before = machine_info(command=command, device=device)
     start = time.perf_counter()
     try:
-        result = _runner(suite)(preset, scratch, data, device, seed, dict(overrides or {}))
+        result = _runner(suite, journal)(preset, scratch, data, device, seed, dict(overrides or {}))
         plots = []
         for png in sorted(scratch.glob(f"{suite}*.png")):
             target = out_dir / (stem + png.name[len(suite):])
             os.replace(png, target)
             plots.append(target.name)
+    except BaseException:
+        if journal is not None and not len(journal):
+            journal.close()  # nothing finished (e.g. a setting refused before fitting): nothing to resume
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     wall = time.perf_counter() - start
@@ -170,8 +193,26 @@ def run_suite(suite: str, preset: str = "quick", out: str = "benchmarks/results"
         "timing_note": timing_note(machine),
         "result": result,
         "plots": plots,
+        **({"resumed_units": resumed} if resumed else {}),
     }
-    return write_json(out_dir / f"{stem}.json", document)
+    path = write_json(out_dir / f"{stem}.json", document)
+    if journal is not None:
+        journal.close()
+    return path
+
+
+def _identity(suite: str, preset: str, seed: int, overrides: Optional[Dict[str, Any]], data: Optional[str],
+              device: str) -> Dict[str, Any]:
+    """What makes a run's results: a journal written under another identity is not resumed."""
+    import torch
+
+    from ugodit_pl.apps.benchmarks.common import data_root
+    from ugodit_pl.apps.io import git_revision
+
+    revision = git_revision()
+    return {"suite": suite, "preset": preset, "seed": seed, "overrides": overrides or {},
+            "data": str(data_root(data).resolve()), "device": str(device), "threads": torch.get_num_threads(),
+            "git_revision": revision["commit"], "git_dirty": revision["dirty"]}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -187,7 +228,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         overrides = _parse_overrides(args.overrides)
         path = run_suite(args.suite, args.preset, args.out, device=args.device, threads=args.threads, data=args.data,
-                         seed=args.seed, overrides=overrides, command=["ugodit", "benchmark", *argv], name=args.name)
+                         seed=args.seed, overrides=overrides, command=["ugodit", "benchmark", *argv], name=args.name,
+                         fresh=args.fresh)
     except (FileNotFoundError, ValueError) as error:
         print(f"ugodit benchmark: {error}", file=sys.stderr)
         return 2

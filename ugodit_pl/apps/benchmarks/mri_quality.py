@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -72,6 +72,8 @@ import torch
 
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, reported_curve
+from ugodit_pl.apps.benchmarks.journal import Journal
+from ugodit_pl.apps.io import to_jsonable
 from ugodit_pl.complex import channels_to_complex, complex_to_channels
 from ugodit_pl.complex import magnitude as complex_magnitude
 from ugodit_pl.arguments import whole
@@ -439,45 +441,82 @@ def pretrain(undersampling: str, pairs: List[Tuple[str, int]], settings: Dict[st
 
 
 # --------------------------------------------------------------------------- tasks (run in worker processes)
-def _task(task: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """One unit of work: ``{"kind": "pretrain" | "classical" | "network" | "deepinv", ...}``."""
+def _task(task: Dict[str, Any]) -> Dict[str, Any]:
+    """One unit of work, ``{"kind": "pretrain" | "classical" | "network" | "deepinv", ...}``; its result."""
     torch.set_num_threads(int(task["threads"]))
     settings, root, folder = task["settings"], Path(task["root"]), Path(task["folder"])
     if task["kind"] == "pretrain":
-        info = pretrain(task["undersampling"], task["pairs"], settings, Path(task["weights"]), task["steps"],
+        return pretrain(task["undersampling"], task["pairs"], settings, Path(task["weights"]), task["steps"],
                         task["cache"], task["seed"], task["device"])
-        return task, info
     batch = panel.test_batch(task["entry"], root, folder, cache=task["cache"], coil_map_args=settings["coil_map_args"])
     support = panel.support_of(batch)
     if task["kind"] == "classical":
-        return task, classical_results(batch, support, settings)
+        return classical_results(batch, support, settings)
     if task["kind"] == "deepinv":
-        return task, {"deepinv_dip": deepinv_dip(batch, support, int(settings["steps"]), task["seed"])}
+        return {"deepinv_dip": deepinv_dip(batch, support, int(settings["steps"]), task["seed"])}
     weights = Path(task["weights"]) if task.get("weights") else None
-    return task, fit_network(task["method"], batch, support, settings, weights, task["seed"], task["device"])
+    return fit_network(task["method"], batch, support, settings, weights, task["seed"], task["device"])
 
 
-def _run_tasks(tasks: List[Dict[str, Any]], workers: int, log: Callable[[str], None]) -> List[Tuple[Dict, Dict]]:
+def _run_tasks(tasks: List[Dict[str, Any]], workers: int, log: Callable[[str], None],
+               journal: Optional[Journal] = None) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(task, result) for every task, in the tasks' order. A task the ``journal`` holds (and whose written
+    files are there) is read, not run; the others run ``workers`` at a time, and each is logged and put in
+    the journal as it finishes, so that a killed run loses only the fits under way. A task that fails is
+    logged and the others go on; then the first failure is raised (a rerun resumes the rest)."""
+    results: Dict[int, Dict[str, Any]] = {}
+    failures: List[BaseException] = []
+    for k, task in enumerate(tasks):
+        held = journal.get(task["label"], task.get("writes", ())) if journal is not None else None
+        if held is not None:
+            results[k] = held
+    if results:
+        log(f"  resumed {len(results)} of {len(tasks)} from {journal.folder}")
+    pending = [k for k in range(len(tasks)) if k not in results]
+
+    def finished(k: int, result: Dict[str, Any]) -> None:
+        results[k] = to_jsonable(result)  # as the journal gives it back: a resumed run writes the same file
+        if journal is not None:
+            journal.put(tasks[k]["label"], results[k])
+        log(f"  done {len(results)}/{len(tasks)}: {tasks[k]['label']}")
+
+    def failed(k: int, error: Exception) -> None:
+        failures.append(error)
+        log(f"  failed: {tasks[k]['label']}: {type(error).__name__}: {error}")
+
     if workers <= 1:
-        return [_task(t) for t in tasks]
-    import multiprocessing
+        for k in pending:
+            try:
+                result = _task(tasks[k])
+            except Exception as error:  # noqa: BLE001 - reported, then raised after the others
+                failed(k, error)
+                continue
+            finished(k, result)
+    else:
+        import multiprocessing
 
-    done = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for task, result in pool.map(_task, tasks):
-            done.append((task, result))
-            log(f"  done: {task.get('label', task['kind'])}")
-    return done
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_task, tasks[k]): k for k in pending}
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    failed(futures[future], future.exception())
+                else:
+                    finished(futures[future], future.result())
+    if failures:
+        raise failures[0]
+    return [(task, results[k]) for k, task in enumerate(tasks)]
 
 
 # --------------------------------------------------------------------------- the suite
 def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, data: Optional[Path] = None,
                     device: str = "cpu", seed: int = 0, overrides: Optional[Dict[str, Any]] = None,
-                    log: Callable[[str], None] = print) -> Dict[str, Any]:
+                    log: Callable[[str], None] = print, journal: Optional[Journal] = None) -> Dict[str, Any]:
     """Run the panel; returns the result dict and writes one curve plot per problem to ``out_dir``.
 
     ``overrides`` replace preset entries (e.g. ``{"steps": 10}``, ``{"problems": ["brain 96x72 4x"]}``
-    to run a subset of the panel); they are recorded in the result.
+    to run a subset of the panel); they are recorded in the result. With an opened ``journal``
+    (``ugodit_pl.apps.benchmarks.journal``) every finished pre-training, classical set and fit is put in
+    it as it lands (the encoders' weights are kept there too), and those it holds are not run again.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
@@ -527,13 +566,15 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
                 wanted = "ugodit_untrained" if untrained else "ugodit"
                 if wanted not in methods and wanted not in [variant_of(v, settings)[0] for v in variants]:
                     continue
-                path = Path(scratch) / f"encoder_{undersampling}{'_untrained' if untrained else ''}.pt"
+                stem = f"encoder_{undersampling}{'_untrained' if untrained else ''}.pt"
+                path = journal.file(stem) if journal is not None else Path(scratch) / stem
                 weights[(undersampling, untrained)] = path
                 pre_tasks.append(dict(base, kind="pretrain", undersampling=undersampling, pairs=pairs,
-                                      weights=str(path), steps=1 if untrained else int(settings["pretrain_steps"]),
+                                      weights=str(path), writes=[str(path)],
+                                      steps=1 if untrained else int(settings["pretrain_steps"]),
                                       label=f"pre-training {undersampling}{' (1 step)' if untrained else ''}",
                                       description=description))
-        for task, info in _run_tasks(pre_tasks, workers, log):
+        for task, info in _run_tasks(pre_tasks, workers, log, journal):
             key = task["undersampling"] + (" untrained" if task["steps"] == 1 else "")
             result["pretraining"][key] = dict(info, group=task["description"])
         tasks = []
@@ -550,7 +591,7 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
                                   label=f"{entry['name']}: {name}"))
         tasks.sort(key=_cost, reverse=True)  # longest first: the pool ends evenly
         result["problems"] = {entry["name"]: {"problem": infos[entry["name"]], "methods": {}} for entry in entries}
-        for task, outcome in _run_tasks(tasks, workers, log):
+        for task, outcome in _run_tasks(tasks, workers, log, journal):
             result["problems"][task["entry"]["name"]]["methods"].update(outcome)
     for name, problem in result["problems"].items():
         problem["methods"] = _ordered(problem["methods"])

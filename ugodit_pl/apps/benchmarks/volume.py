@@ -58,6 +58,7 @@ import torch
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.arguments import check_choice
 from ugodit_pl.apps.benchmarks.common import data_root, fit_method
+from ugodit_pl.apps.benchmarks.journal import Journal, run_unit
 from ugodit_pl.apps.reconstruct import HELDOUT_SLICES
 from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL, classical_results, network_method, pretrain, pretraining_group
 from ugodit_pl.methods.warm import EMAS
@@ -326,8 +327,12 @@ def run_chain(method_name: str, mode: str, batches: List[Dict[str, Any]], settin
 
 def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, data: Optional[str] = None,
                      device: str = "cpu", seed: int = 0, overrides: Optional[Dict[str, Any]] = None,
-                     log: Any = print) -> Dict[str, Any]:
-    """Run the suite (see the module docstring) and return its results; plots go to ``out_dir``."""
+                     log: Any = print, journal: Optional[Journal] = None) -> Dict[str, Any]:
+    """Run the suite (see the module docstring) and return its results; plots go to ``out_dir``.
+
+    With an opened ``journal`` (``ugodit_pl.apps.benchmarks.journal``) each pre-training (and its weights),
+    each volume's baselines and each method's chains on a volume are put in it as they finish, and those
+    it holds are not run again."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
     settings = {**PRESETS[preset], **dict(overrides or {})}
@@ -357,10 +362,12 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
             pairs, about = pretraining_group("4x", root, folder)
             crop = settings["crop"] or (128, 96)
         for method_name, key, steps in encoders:
-            weights[method_name] = folder / f"{method_name}_weights.pt"
-            info = pretrain("4x", pairs, {"pretrain_crop": crop, "network_args": settings["network_args"],
-                                          "coil_map_args": {}, "pretrain_args": {}},
-                            weights[method_name], steps, cache, seed, device)
+            stem = f"{method_name}_weights.pt"
+            weights[method_name] = journal.file(stem) if journal is not None else folder / stem
+            info = run_unit(journal, f"pre-training {method_name}", lambda: pretrain(
+                "4x", pairs, {"pretrain_crop": crop, "network_args": settings["network_args"], "coil_map_args": {},
+                              "pretrain_args": {}}, weights[method_name], steps, cache, seed, device),
+                writes=[weights[method_name]])
             results[key] = {**info, "group": about}
             log(f"  pre-trained {method_name} on {about}, {steps} step(s) ({info['seconds']:.0f} s)")
         for name, indices in settings["volumes"].items():
@@ -375,31 +382,43 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
             shape = list(batches[0]["target"].shape[-2:])
             entry: Dict[str, Any] = {"source": source, "slices": list(indices), "shape": shape, "methods": {}}
             if settings["baselines"]:  # off for the parallel parts of a GPU run (one part computes them)
-                classical = [classical_results(b, panel.support_of(b), settings, keep_images=True) for b in batches]
-                for key in CLASSICAL:
-                    entry["methods"][key] = {"volume": _classical_volume(classical, key, batches),
-                                             "seconds": round(sum(c[key].get("seconds", 0.0) for c in classical), 2)}
-                for key in ("l1_wavelet_auto", "total_variation_auto"):
-                    entry["methods"][key]["lamdas"] = [c[key]["lamda"] for c in classical]
-                    entry["methods"][key]["rules"] = [c[key]["rule"] for c in classical]
+                entry["methods"].update(run_unit(journal, f"{name}: baselines", lambda: _baselines(batches, settings)))
                 log(f"  {name} ({len(indices)} slices {shape[0]}x{shape[1]}): L1-wavelet "
                     f"{entry['methods']['l1_wavelet']['volume']['psnr']:.2f} dB")
             for method_name in methods:
-                encoder = weights.get(method_name)
-                cold_summary, cold_fits = run_chain(method_name, "cold", batches, settings, encoder, seed, device, log=log)
-                runs = {"cold": cold_summary}
-                if "warm" in settings["modes"]:
-                    runs["warm"], _ = run_chain(method_name, "warm", batches, settings, encoder, seed, device, cold_fits, log)
-                if "warm_stop" in settings["modes"]:
-                    runs["warm_stop"], _ = run_chain(method_name, "warm_stop", batches, settings, encoder, seed, device,
-                                                     cold_fits, log)
-                entry["methods"][method_name] = runs
+                entry["methods"][method_name] = run_unit(journal, f"{name}: {method_name}", lambda: _chains(
+                    method_name, batches, settings, weights.get(method_name), seed, device, log))
             entry["target_note"] = "RSS of the fully sampled simulated k-space, support-masked magnitudes"
             results["volumes"][name] = entry
     results["summary"] = summarise(results)
     if out_dir is not None:
         plot(results, Path(out_dir))
     return results
+
+
+def _baselines(batches: List[Dict[str, Any]], settings: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Each reconstruction of ``CLASSICAL`` over the volume's slices: its volume scores and seconds, and the
+    lambda and rule of each slice for the automatic ones."""
+    classical = [classical_results(b, panel.support_of(b), settings, keep_images=True) for b in batches]
+    out = {key: {"volume": _classical_volume(classical, key, batches),
+                 "seconds": round(sum(c[key].get("seconds", 0.0) for c in classical), 2)} for key in CLASSICAL}
+    for key in ("l1_wavelet_auto", "total_variation_auto"):
+        out[key]["lamdas"] = [c[key]["lamda"] for c in classical]
+        out[key]["rules"] = [c[key]["rule"] for c in classical]
+    return out
+
+
+def _chains(method_name: str, batches: List[Dict[str, Any]], settings: Dict[str, Any], weights: Optional[Path],
+            seed: int, device: str, log: Any) -> Dict[str, Any]:
+    """The cold chain of one method on a volume, and the warm ones of ``settings["modes"]`` after it."""
+    cold_summary, cold_fits = run_chain(method_name, "cold", batches, settings, weights, seed, device, log=log)
+    runs = {"cold": cold_summary}
+    if "warm" in settings["modes"]:
+        runs["warm"], _ = run_chain(method_name, "warm", batches, settings, weights, seed, device, cold_fits, log)
+    if "warm_stop" in settings["modes"]:
+        runs["warm_stop"], _ = run_chain(method_name, "warm_stop", batches, settings, weights, seed, device,
+                                         cold_fits, log)
+    return runs
 
 
 def _classical_volume(classical: List[Dict[str, Any]], key: str, batches: List[Dict[str, Any]]) -> Dict[str, float]:
