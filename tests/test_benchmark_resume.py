@@ -57,7 +57,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_writes_the_uninterrupted_resu
     with pytest.raises(KeyboardInterrupt):
         cli.main(_argv(out, shared_data))
     # the pre-training and the first unit of the panel landed; nothing else was written
-    assert labels[:2] == ["pre-training 4x", labels[1]] and len(Journal(out / "mri-quality.partial", {})) == 2
+    assert labels[0] == "pre-training 4x" and len(Journal(out / "mri-quality.partial", {})) == 2
     assert (out / "mri-quality.partial" / "encoder_4x.pt").is_file() and not (out / "mri-quality.json").exists()
 
     # another run's settings are refused, naming the folder and what differs; nothing is fitted
