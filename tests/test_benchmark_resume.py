@@ -1,5 +1,5 @@
-"""A killed ``mri-quality`` or ``volume`` run loses only the units under way: its journal resumes it with the
-same results."""
+"""A killed ``mri-quality``, ``transfer-study`` or ``volume`` run loses only the units under way: its journal
+resumes it with the same results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ugodit_pl.apps.benchmarks import cli, mri_quality, volume
+from ugodit_pl.apps.benchmarks import cli, mri_quality, transfer_study, volume
 from ugodit_pl.apps.benchmarks.journal import Journal
 
 SUBSET = ["--set", 'problems=["brain 48x40 4x"]', "--set", 'methods=["aseqdip", "ugodit"]']
@@ -41,10 +41,14 @@ def _counting(monkeypatch, kill_at=None):
     return labels
 
 
-def _without_seconds(methods):
-    drop = ("seconds", "seconds_metrics")
-    return {name: {k: ({c: v for c, v in value.items() if c != "seconds"} if k.startswith("curve") else value)
-                   for k, value in entry.items() if k not in drop} for name, entry in methods.items()}
+def _without_timings(value):
+    """A result with every timing left out (they differ between any two runs)."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items()
+                if "seconds" not in k and k not in ("slices_per_hour", "warm_time_ratio")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
 
 
 def test_a_killed_run_resumes_where_it_stopped_and_writes_the_uninterrupted_results(tmp_path, shared_data,
@@ -72,7 +76,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_writes_the_uninterrupted_resu
     assert len(labels) == 2 and "pre-training 4x" not in labels  # only the two units that had not finished
     assert resumed["resumed_units"] == 2 and not (out / "mri-quality.partial").exists()
     ours, theirs = (d["result"]["problems"]["brain 48x40 4x"]["methods"] for d in (resumed, reference))
-    assert set(ours) == set(theirs) and _without_seconds(ours) == _without_seconds(theirs)
+    assert set(ours) == set(theirs) and _without_timings(ours) == _without_timings(theirs)
     assert resumed["result"]["summary"]["4x"]["methods"]["aseqdip"]["mean_psnr"] == \
         reference["result"]["summary"]["4x"]["methods"]["aseqdip"]["mean_psnr"]
 
@@ -131,16 +135,6 @@ def _volume_argv(out, data, *extra):
             "--set", 'methods=["aseqdip", "ugodit"]', "--set", 'modes=["warm"]', *extra]
 
 
-def _without_volume_seconds(value):
-    """The result with every timing left out (they differ between any two runs)."""
-    if isinstance(value, dict):
-        return {k: _without_volume_seconds(v) for k, v in value.items()
-                if "seconds" not in k and k not in ("slices_per_hour", "warm_time_ratio")}
-    if isinstance(value, list):
-        return [_without_volume_seconds(v) for v in value]
-    return value
-
-
 def test_a_killed_volume_run_resumes_with_the_chains_that_finished(tmp_path, shared_data, monkeypatch):
     assert cli.main(_volume_argv(tmp_path / "reference", shared_data)) == 0
     reference = json.loads((tmp_path / "reference" / "volume.json").read_text())
@@ -167,5 +161,34 @@ def test_a_killed_volume_run_resumes_with_the_chains_that_finished(tmp_path, sha
     resumed = json.loads((out / "volume.json").read_text())
     assert chains == ["ugodit", "ugodit"] and resumed["resumed_units"] == 3  # its cold and warm chains only
     assert not (out / "volume.partial").exists()
-    assert _without_volume_seconds(resumed["result"]["volumes"]) == _without_volume_seconds(reference["result"]["volumes"])
+    assert _without_timings(resumed["result"]["volumes"]) == _without_timings(reference["result"]["volumes"])
     assert resumed["result"]["pretraining"]["measurements"] == reference["result"]["pretraining"]["measurements"]
+
+
+def test_a_killed_transfer_study_resumes_with_the_fits_that_finished(tmp_path, shared_data, monkeypatch):
+    argv = ["transfer-study", "--preset", "tiny", "--threads", "1", "--device", "cpu", "--data", str(shared_data),
+            "--set", 'variants=["default", "lambda = 4", "untrained encoder (1 pre-training step)"]']
+    assert cli.main([*argv, "--out", str(tmp_path / "reference")]) == 0
+    reference = json.loads((tmp_path / "reference" / "transfer-study.json").read_text())
+
+    fit, fits = transfer_study._fit, []
+
+    def killed_at_the_second_ugodit_fit(name, *args, **kwargs):
+        fits.append(name)
+        if fits.count("ugodit") == 2:
+            raise KeyboardInterrupt
+        return fit(name, *args, **kwargs)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(transfer_study, "_fit", killed_at_the_second_ugodit_fit)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([*argv, "--out", str(out)])
+    # the default group's pre-training, aSeqDIP at the defaults and at lambda 4, UGoDIT at the defaults
+    assert fits == ["aseqdip", "ugodit", "aseqdip", "ugodit"] and len(Journal(out / "transfer-study.partial", {})) == 4
+
+    fits.clear()
+    monkeypatch.setattr(transfer_study, "_fit", lambda name, *a, **k: fits.append(name) or fit(name, *a, **k))
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    resumed = json.loads((out / "transfer-study.json").read_text())
+    assert fits == ["ugodit", "ugodit"] and resumed["resumed_units"] == 4  # lambda 4, then the control
+    assert _without_timings(resumed["result"]["variants"]) == _without_timings(reference["result"]["variants"])

@@ -4,10 +4,10 @@ Suites: ``mri-quality``, ``sr-quality``, ``speed``, ``early-stopping``, ``transf
 writes ``DIR/SUITE.json`` (the results, the settings, the command line, the git revision and the
 machine: CPU model, cores, threads, GPU, load average at the start and the end) and its PNG plots.
 
-``mri-quality`` and ``volume`` keep each finished unit (a fit; a method's chains on a volume) in
-``DIR/NAME.partial/`` as it lands (``ugodit_pl.apps.benchmarks.journal``): a killed run, rerun with the
-same command, fits only what was not finished; the folder is removed when the result file is written.
-``--fresh`` starts again.
+``mri-quality``, ``transfer-study`` and ``volume`` keep each finished unit (a fit; a method's chains on
+a volume) in ``DIR/NAME.partial/`` as it lands (``ugodit_pl.apps.benchmarks.journal``): a killed run,
+rerun with the same command, fits only what was not finished; the folder is removed when the result
+file is written. ``--fresh`` starts again.
 
 Presets: ``quick`` (reduced size and steps, for 2 CPU cores), ``full`` (the papers' sizes and step
 counts, meant for a GPU) and ``tiny`` (seconds; for the tests, the numbers mean nothing).
@@ -35,7 +35,7 @@ from ugodit_pl.apps.benchmarks.journal import Journal
 
 SUITES = ("mri-quality", "sr-quality", "speed", "early-stopping", "transfer-study", "volume")
 #: The suites that keep a journal of their finished units and resume an interrupted run.
-RESUMABLE = ("mri-quality", "volume")
+RESUMABLE = ("mri-quality", "transfer-study", "volume")
 PRESET_NAMES = ("tiny", "quick", "full")
 
 __all__ = ["SUITES", "main", "run_suite"]
@@ -105,7 +105,7 @@ def _runner(suite: str, journal: Optional[Journal] = None) -> Callable[..., Dict
         from ugodit_pl.apps.benchmarks.transfer_study import run_transfer_study
 
         return lambda preset, out, data, device, seed, overrides: run_transfer_study(
-            preset, out, data=data, device=device, seed=seed, overrides=overrides)
+            preset, out, data=data, device=device, seed=seed, overrides=overrides, journal=journal)
     if suite == "volume":
         from ugodit_pl.apps.benchmarks.volume import run_volume_suite
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import data_root, plot_curves, steps_to_reach
+from ugodit_pl.apps.benchmarks.journal import Journal, run_unit
 from ugodit_pl.apps.benchmarks.mri_quality import PRESETS as MRI_PRESETS, _at, fit_network, pretrain, pretraining_group
 
 __all__ = ["PRESETS", "VARIANTS", "PRETRAININGS", "run_transfer_study"]
@@ -140,8 +141,11 @@ def _group(key: Tuple[str, int], root: Path, folder: Path, seed: int) -> Tuple[L
 
 def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *, data: Optional[Path] = None,
                        device: str = "cpu", seed: int = 0, overrides: Optional[Dict[str, Any]] = None,
-                       log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run the study; returns the result dict and writes ``transfer-study.png`` to ``out_dir``."""
+                       log: Callable[[str], None] = print, journal: Optional[Journal] = None) -> Dict[str, Any]:
+    """Run the study; returns the result dict and writes ``transfer-study.png`` to ``out_dir``.
+
+    With an opened ``journal`` (``ugodit_pl.apps.benchmarks.journal``) each pre-training (and its weights),
+    aSeqDIP partner and UGoDIT fit is put in it as it finishes, and those it holds are not run again."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     settings = dict(PRESETS[preset], **(overrides or {}))
@@ -167,20 +171,26 @@ def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *,
             key = group + ("_wide" if net_args else "")
             if key not in weights:
                 members, fraction = PRETRAININGS[group]
-                pairs, text = _group(members, root, folder, seed)
-                path = scratch_path / f"encoder_{key}.pt"
+                path = journal.file(f"encoder_{key}.pt") if journal is not None else scratch_path / f"encoder_{key}.pt"
                 steps_pre = max(1, int(round(settings["pretrain_steps"] * fraction)))
-                info = pretrain(problem["undersampling"], pairs, run_settings, path, steps_pre, cache, seed, device)
-                info["group"] = text
+
+                def pretrained() -> Dict[str, Any]:
+                    pairs, text = _group(members, root, folder, seed)
+                    info = pretrain(problem["undersampling"], pairs, run_settings, path, steps_pre, cache, seed, device)
+                    return dict(info, group=text)
+
+                info = run_unit(journal, f"pre-training {key}", pretrained, writes=[path])
                 weights[key] = path
                 pretrain_info[key] = info
                 log(f"transfer-study: pre-training {key}: M={info['M']} {info['steps']} steps {info['seconds']:.0f} s")
             aseq_key = repr(sorted(shared.items())) + repr(net_args)
             if aseq_key not in aseq_runs:
-                aseq_runs[aseq_key] = _fit("aseqdip", run_settings, batch, support, None, seed, shared, device)
+                aseq_runs[aseq_key] = run_unit(journal, f"aseqdip {aseq_key}", lambda: _fit(
+                    "aseqdip", run_settings, batch, support, None, seed, shared, device))
                 log(f"transfer-study: aSeqDIP {shared or 'defaults'}: {aseq_runs[aseq_key]['final_psnr']:.2f} dB")
             partner = aseq_runs[aseq_key]
-            run = _fit("ugodit", run_settings, batch, support, weights[key], seed, dict(shared, **ugodit_only), device)
+            run = run_unit(journal, f"ugodit {label}", lambda: _fit(
+                "ugodit", run_settings, batch, support, weights[key], seed, dict(shared, **ugodit_only), device))
             level = partner["final_psnr"]
             entry = {
                 "label": label, "pretraining": key, "fit_kwargs": dict(shared, **ugodit_only),
