@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ugodit_pl.apps.io import read_json, to_jsonable, write_json
 
-__all__ = ["Journal", "run_unit"]
+__all__ = ["Journal", "kept_file", "run_unit"]
 
 IDENTITY = "identity.json"
 
@@ -102,6 +102,16 @@ class Journal:
     def _path(self, key: str) -> Path:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)[:60]
         return self.folder / f"unit-{slug}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.json"
+
+
+def kept_file(journal: Optional[Journal], name: str, scratch: Path) -> Path:
+    """Where a unit writes the file ``name`` that a later unit reads: in the ``journal``, so that it
+    outlives a kill, or in the run's ``scratch`` folder without one.
+
+    >>> kept_file(None, "encoder_4x.pt", Path("/tmp/run"))
+    PosixPath('/tmp/run/encoder_4x.pt')
+    """
+    return journal.file(name) if journal is not None else Path(scratch) / name
 
 
 def run_unit(journal: Optional[Journal], key: str, compute: Callable[[], Any],

@@ -72,7 +72,7 @@ import torch
 
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import CurveTracker, data_root, fit_method, plot_curves, reported_curve
-from ugodit_pl.apps.benchmarks.journal import Journal
+from ugodit_pl.apps.benchmarks.journal import Journal, kept_file
 from ugodit_pl.apps.io import to_jsonable
 from ugodit_pl.complex import channels_to_complex, complex_to_channels
 from ugodit_pl.complex import magnitude as complex_magnitude
@@ -567,7 +567,7 @@ def run_mri_quality(preset: str = "quick", out_dir: Optional[Path] = None, *, da
                 if wanted not in methods and wanted not in [variant_of(v, settings)[0] for v in variants]:
                     continue
                 stem = f"encoder_{undersampling}{'_untrained' if untrained else ''}.pt"
-                path = journal.file(stem) if journal is not None else Path(scratch) / stem
+                path = kept_file(journal, stem, Path(scratch))
                 weights[(undersampling, untrained)] = path
                 pre_tasks.append(dict(base, kind="pretrain", undersampling=undersampling, pairs=pairs,
                                       weights=str(path), writes=[str(path)],

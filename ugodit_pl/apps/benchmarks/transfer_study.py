@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.apps.benchmarks.common import data_root, plot_curves, steps_to_reach
-from ugodit_pl.apps.benchmarks.journal import Journal, run_unit
+from ugodit_pl.apps.benchmarks.journal import Journal, kept_file, run_unit
 from ugodit_pl.apps.benchmarks.mri_quality import PRESETS as MRI_PRESETS, _at, fit_network, pretrain, pretraining_group
 
 __all__ = ["PRESETS", "VARIANTS", "PRETRAININGS", "run_transfer_study"]
@@ -171,7 +171,7 @@ def run_transfer_study(preset: str = "quick", out_dir: Optional[Path] = None, *,
             key = group + ("_wide" if net_args else "")
             if key not in weights:
                 members, fraction = PRETRAININGS[group]
-                path = journal.file(f"encoder_{key}.pt") if journal is not None else scratch_path / f"encoder_{key}.pt"
+                path = kept_file(journal, f"encoder_{key}.pt", scratch_path)
                 steps_pre = max(1, int(round(settings["pretrain_steps"] * fraction)))
 
                 def pretrained() -> Dict[str, Any]:

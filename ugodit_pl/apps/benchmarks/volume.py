@@ -58,7 +58,7 @@ import torch
 from ugodit_pl.apps.benchmarks import panel
 from ugodit_pl.arguments import check_choice
 from ugodit_pl.apps.benchmarks.common import data_root, fit_method
-from ugodit_pl.apps.benchmarks.journal import Journal, run_unit
+from ugodit_pl.apps.benchmarks.journal import Journal, kept_file, run_unit
 from ugodit_pl.apps.reconstruct import HELDOUT_SLICES
 from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL, classical_results, network_method, pretrain, pretraining_group
 from ugodit_pl.methods.warm import EMAS
@@ -362,8 +362,7 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
             pairs, about = pretraining_group("4x", root, folder)
             crop = settings["crop"] or (128, 96)
         for method_name, key, steps in encoders:
-            stem = f"{method_name}_weights.pt"
-            weights[method_name] = journal.file(stem) if journal is not None else folder / stem
+            weights[method_name] = kept_file(journal, f"{method_name}_weights.pt", folder)
             info = run_unit(journal, f"pre-training {method_name}", lambda: pretrain(
                 "4x", pairs, {"pretrain_crop": crop, "network_args": settings["network_args"], "coil_map_args": {},
                               "pretrain_args": {}}, weights[method_name], steps, cache, seed, device),
