@@ -55,6 +55,28 @@ def test_total_variation_recovers_a_fully_sampled_image_and_flattens_with_lambda
     assert torch.equal(smooth, classical.total_variation(k, mask, maps, lamda=5.0, max_iter=200))  # no random start
 
 
+def tv_objective(x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, lamda: float) -> float:
+    """1/2 ||P F S x - y||^2 + lamda ||G x||_1 (circular differences), in the solver's scaled units."""
+    scale = float(classical.coil_combine(ifft2c(k), maps).abs().max())
+    x, y = x / scale, k / scale
+    residual = (fft2c(maps * x) - y) * mask
+    differences = (x - x.roll(1, 0)).abs().sum() + (x - x.roll(1, 1)).abs().sum()
+    return float(0.5 * residual.abs().pow(2).sum() + lamda * differences)
+
+
+@pytest.mark.parametrize("lamda", [1e-3, 1e-2])
+def test_total_variation_reaches_its_minimiser_where_sigpys_steps_do_not(lamda):
+    k, mask, maps = problem(four_fold())
+    best = tv_objective(classical.total_variation(k, mask, maps, lamda=lamda, max_iter=4000), k, mask, maps, lamda)
+    default = tv_objective(classical.total_variation(k, mask, maps, lamda=lamda), k, mask, maps, lamda)
+    lipschitz = float(maps.abs().pow(2).sum(0).max())
+    sigpy_steps = classical.total_variation(k, mask, maps, lamda=lamda, max_iter=100, step_ratio=1 / (lipschitz + 8))
+    assert (default - best) / best < 5e-3  # the default iterations are at the minimiser
+    assert (tv_objective(sigpy_steps, k, mask, maps, lamda) - best) / best > 5 * (default - best) / best
+    with pytest.raises(ValueError, match="step_ratio"):
+        classical.total_variation(k, mask, maps, step_ratio=0.0)
+
+
 def test_noise_variance_reads_the_corners_of_any_mask():
     noise = torch.randn(4, 128, 128, dtype=torch.complex64, generator=torch.Generator().manual_seed(1)) * 0.1
     full = lamda_rules.noise_variance(noise, torch.ones(128, 128))
@@ -85,11 +107,11 @@ def test_discrepancy_takes_the_largest_lambda_within_the_noise_it_absorbs():
     k, mask, maps = problem(four_fold())
     grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
     image, lamda, scores, held_out = lamda_rules.automatic_lamda(k, mask, maps, method="total_variation",
-                                                                 rule="discrepancy", lamdas=grid, max_iter=50)
+                                                                 rule="discrepancy", lamdas=grid, max_iter=200)
     assert held_out is None
     assert scores[1e-4] == 0.0 and all(scores[a] <= scores[b] + 1e-6 for a, b in zip(grid, grid[1:]))
     assert lamda == max(g for g in grid if scores[g] <= 1.0) and scores[1.0] > 1.0
-    assert torch.equal(image, classical.total_variation(k, mask, maps, lamda=lamda, max_iter=50))
+    assert torch.equal(image, classical.total_variation(k, mask, maps, lamda=lamda, max_iter=200))
 
 
 def test_auto_falls_back_to_the_discrepancy_principle_when_too_few_lines_can_be_held_out():
