@@ -64,15 +64,16 @@ def tv_objective(x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, maps: tor
     return float(0.5 * residual.abs().pow(2).sum() + lamda * differences)
 
 
-@pytest.mark.parametrize("lamda", [1e-3, 1e-2])
-def test_total_variation_reaches_its_minimiser_where_sigpys_steps_do_not(lamda):
+@pytest.mark.parametrize("lamda", [1e-3, 1e-1])
+def test_total_variation_reaches_its_minimiser_at_any_lambda_where_sigpys_steps_do_not(lamda):
     k, mask, maps = problem(four_fold())
-    best = tv_objective(classical.total_variation(k, mask, maps, lamda=lamda, max_iter=4000), k, mask, maps, lamda)
+    best = tv_objective(classical.total_variation(k, mask, maps, lamda=lamda, max_iter=2000), k, mask, maps, lamda)
     default = tv_objective(classical.total_variation(k, mask, maps, lamda=lamda), k, mask, maps, lamda)
-    lipschitz = float(maps.abs().pow(2).sum(0).max())
-    sigpy_steps = classical.total_variation(k, mask, maps, lamda=lamda, max_iter=100, step_ratio=1 / (lipschitz + 8))
-    assert (default - best) / best < 5e-3  # the default iterations are at the minimiser
-    assert (tv_objective(sigpy_steps, k, mask, maps, lamda) - best) / best > 5 * (default - best) / best
+    assert (default - best) / best < 2e-3  # the default steps and iterations are at the minimiser
+    if lamda == 1e-3:
+        lipschitz = float(maps.abs().pow(2).sum(0).max())
+        sigpys = classical.total_variation(k, mask, maps, lamda=lamda, max_iter=100, step_ratio=1 / (lipschitz + 8))
+        assert (tv_objective(sigpys, k, mask, maps, lamda) - best) / best > 0.1
     with pytest.raises(ValueError, match="step_ratio"):
         classical.total_variation(k, mask, maps, step_ratio=0.0)
 
