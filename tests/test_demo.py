@@ -31,7 +31,7 @@ def test_tiny_demo_writes_results_comparison_and_curve(tmp_path, task, capsys, m
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["task"] == task
-    baselines = ["zero-filled", "L1-wavelet", "CG-SENSE"] if task == "mri" else ["bilinear"]
+    baselines = ["zero-filled", "L1-wavelet", "CG-SENSE", "total variation"] if task == "mri" else ["bilinear"]
     assert list(results["methods"]) == baselines + ["DIP", "aSeqDIP", "UGoDIT", "UGoDIT untrained"]
     assert results["reference"] == baselines[1 if task == "mri" else 0]
     for name, values in results["methods"].items():

@@ -8,8 +8,8 @@ What it runs (``task="mri"``, the default; sizes and step counts are printed and
    M = 3 pre-training slices are EPI slices 4, 8 and 20 (other slices of that scan, never a test
    slice). 96 x 96, 4x random column undersampling (centre 0.08), ESPIRiT coil maps estimated from
    each measurement.
-2. the classical reconstructions a user already has, with those maps: zero-filled, CG-SENSE and
-   L1-wavelet (``ugodit_pl.classical`` at its defaults);
+2. the classical reconstructions a user already has, with those maps: zero-filled, CG-SENSE,
+   L1-wavelet and total variation (``ugodit_pl.classical`` at its defaults);
 3. UGoDIT group pre-training on the M slices; the encoder is saved as transferable weights to
    ``DIR/transferable_weights.pt``;
 4. test-time fits of the T test slices (side by side, independently), every method at the
@@ -18,7 +18,7 @@ What it runs (``task="mri"``, the default; sizes and step counts are printed and
    the encoder as initialised, which separates what transfer brings from what the architecture does;
 5. a table (80 columns) of PSNR / SSIM, steps, seconds and the seconds each network took to reach
    the L1-wavelet PSNR; ``DIR/results.json`` (per-slice values, the curves), ``DIR/comparison.png``
-   (per slice: ground truth, zero-filled, L1-wavelet, CG-SENSE and each method with a zoomed inset of
+   (per slice: ground truth, zero-filled, L1-wavelet, CG-SENSE, total variation and each method with a zoomed inset of
    the same region, error maps on one shared scale) and ``DIR/psnr_curve.png`` (PSNR against steps
    and against seconds), each written atomically.
 
@@ -71,7 +71,7 @@ MRI_PRETRAIN = (("example4d", 4, "EPI brain 4"), ("example4d", 8, "EPI brain 8")
 # Names of the methods in the table, results.json and the figures.
 UGODIT, UNTRAINED, ASEQDIP, DIP_NAME = "UGoDIT", "UGoDIT untrained", "aSeqDIP", "DIP"
 NETWORKS = (DIP_NAME, ASEQDIP, UGODIT, UNTRAINED)
-ZERO_FILLED, SENSE, L1, BILINEAR = "zero-filled", "CG-SENSE", "L1-wavelet", "bilinear"
+ZERO_FILLED, SENSE, L1, TV, BILINEAR = "zero-filled", "CG-SENSE", "L1-wavelet", "total variation", "bilinear"
 #: --quick: what it changes per task
 QUICK = {"mri": {"size": 64, "steps": 60, "pretrain_steps": 60, "num_pretrain": 2},
          "sr": {"size": 48, "steps": 60, "pretrain_steps": 40, "num_pretrain": 2}}
@@ -250,7 +250,8 @@ def _result(name: str, steps: int, seconds: float, images: torch.Tensor, scorer:
 
 
 def classical_baselines(settings: DemoSettings, batch: Dict[str, Any], scorer: Scorer) -> List[FitResult]:
-    """MRI: zero-filled, L1-wavelet and CG-SENSE with the estimated maps; SR: the bilinear upsampling."""
+    """MRI: zero-filled, L1-wavelet, CG-SENSE and total variation with the estimated maps; SR: the bilinear
+    upsampling."""
     if settings.task == "sr":
         start = time.perf_counter()
         image = batch["operator"].init_input(batch["y"])
@@ -260,7 +261,7 @@ def classical_baselines(settings: DemoSettings, batch: Dict[str, Any], scorer: S
 
     operator, results = batch["operator"], []
     runs = {ZERO_FILLED: lambda y, m, s: classical.zero_filled(y, s), L1: classical.l1_wavelet,
-            SENSE: classical.sense}
+            SENSE: classical.sense, TV: classical.total_variation}
     for name, run in runs.items():
         start = time.perf_counter()
         images = torch.stack([run(y, operator.mask[min(row, len(operator.mask) - 1)], operator.coil_maps[row])
