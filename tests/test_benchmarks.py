@@ -305,6 +305,11 @@ def test_mri_quality_variant_starts_from_a_classical_image_and_is_scored_average
     torch.testing.assert_close(fit_batch["reference"], complex_to_channels(sense))  # the method scales it as y
     mean = (channels_to_complex(method.reconstruction.detach()) + zero_filled) / 2
     assert out["v_mean_zero_filled"]["metrics"] == problem_metrics(mean, batch["target"], support)
+    grid = out["v_mean_zero_filled"]["weight_grid"]
+    assert list(grid) == [f"{k / 10:.1f}" for k in range(11)]
+    assert grid["0.5"] == pytest.approx(out["v_mean_zero_filled"]["metrics"]["psnr"], abs=1e-4)
+    assert grid["1.0"] == pytest.approx(out["v"]["metrics"]["psnr"], abs=1e-4)
+    assert grid["0.0"] == pytest.approx(problem_metrics(zero_filled, batch["target"], support)["psnr"], abs=1e-4)
     assert out["v_mean_zero_filled"]["seconds"] == out["v"]["seconds"] > 0
 
 

@@ -54,7 +54,10 @@ every problem's mask is checked for enough samples to hold out before anything i
 A variant may start from a classical image (``input_from``, one of :data:`IMAGE_SOURCES`: the network's
 input z_0 is that reconstruction instead of A^H y, ``input_init="reference"``) and may be scored a second
 time as the mean of its image and a classical one (``mean_with``: an entry ``<variant>_mean_<source>``);
-the classical reconstruction's seconds are added to the fit's (it uses no ground truth).
+the classical reconstruction's seconds are added to the fit's (it uses no ground truth). The mean's entry
+also records, as an oracle diagnostic, the PSNR of w x_net + (1 - w) x_cs for w in :data:`WEIGHT_GRID`
+(``weight_grid``; "0.5" is the mean, "1.0" the network alone): how much a weight other than one half
+could give, which only the target can tell.
 
 >>> PRESETS["quick"]["panel"], PRESETS["quick"]["steps"]
 ('quick', 600)
@@ -91,6 +94,8 @@ CS_METHODS = ("l1_wavelet", "total_variation")
 CLASSICAL = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "l1_wavelet_tuned", "total_variation",
              "total_variation_auto", "total_variation_tuned")
 VARIANT_KEYS = ("method", "args", "precision", "steps", "ensemble", "input_from", "mean_with")
+#: The network image's weights w of a ``mean_with`` entry's oracle diagnostic, w x_net + (1 - w) x_cs.
+WEIGHT_GRID = tuple(k / 10 for k in range(11))
 #: The classical reconstructions a variant may start from or be averaged with: those without ground truth.
 IMAGE_SOURCES = ("zero_filled", "sense", "l1_wavelet", "l1_wavelet_auto", "total_variation", "total_variation_auto")
 #: The references of the summary's margins (the network methods are judged against ``l1_wavelet_auto``).
@@ -356,10 +361,13 @@ def fit_network(name: str, batch: Dict[str, Any], support: torch.Tensor, setting
     out = {name: entry}
     if variant.get("mean_with"):
         image = channels_to_complex(ensemble_mean(final, size).detach().cpu())
-        mean = (image + sources[variant["mean_with"]].cpu().to(image.dtype)) / 2
+        other = sources[variant["mean_with"]].cpu().to(image.dtype)
         out[f"{name}_mean_{variant['mean_with']}"] = {
             "kind": "network", "steps": fitted_steps, "seconds": seconds,
-            "metrics": problem_metrics(mean, target, support), "settings": {"mean_of": [name, variant["mean_with"]]}}
+            "metrics": problem_metrics((image + other) / 2, target, support),
+            "settings": {"mean_of": [name, variant["mean_with"]]},
+            "weight_grid": {f"{w:.1f}": problem_metrics(w * image + (1 - w) * other, target, support)["psnr"]
+                            for w in WEIGHT_GRID}}
     if stopper is not None:
         kept = stopper.best_step.get(0, next(iter(stopper.best_step.values()), None))
         out["dip_es"] = {"kind": "network", "steps": kept, "budget": steps, "seconds": seconds,
