@@ -48,7 +48,7 @@ LIGHTNING_COMMANDS: Dict[str, str] = {
     "predict": "the reconstructions of a finished fit, saved to predictions.pt (needs --ckpt_path)",
 }
 OTHER_COMMANDS: Dict[str, str] = {
-    "demo": "the one-command demo: UGoDIT vs DIP, aSeqDIP and L1-wavelet on real MRI, in minutes on a CPU",
+    "demo": "the one-command demo: UGoDIT vs DIP, aSeqDIP, L1-wavelet and TV on real MRI, in minutes on a CPU",
     "reconstruct": "reconstruct every slice of a folder of fastMRI files (or every image) with transferable weights",
     "benchmark": "the benchmarks (ugodit benchmark --help)",
 }

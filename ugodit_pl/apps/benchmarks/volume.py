@@ -39,7 +39,9 @@ first, then two chains towards the ends, each slice from its neighbour nearer th
 averaged with its compressed-sensing image, ``ugodit reconstruct --mean-with``; a warm slice then takes its
 neighbour's lambda).
 
-plus zero-filled, CG-SENSE and L1-wavelet per slice (lambda at sigpy's default and the oracle-tuned one).
+plus the classical reconstructions of ``mri-quality`` per slice (``CLASSICAL``): zero-filled, CG-SENSE, and
+L1-wavelet and total variation each at its default lambda, at the lambda the automatic rule picks (its
+lambdas and rules are kept per slice) and at the oracle-tuned one.
 Reported per volume: fastMRI's volume PSNR / SSIM (the volume's maximum as data range), seconds of
 fitting (cumulative over the slices), slices per hour, the steps each slice used, and for the
 stopping rule the gap to the best PSNR of each slice's own fit in hindsight.
