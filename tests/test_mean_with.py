@@ -1,5 +1,5 @@
 """``mean_with``: a method's reconstruction averaged with compressed sensing of the same measurement, its lambda
-chosen without ground truth or carried from a warm start's neighbour (tiny MRI problems)."""
+chosen without ground truth, given (``mean_lamda``) or carried from a warm start's neighbour (tiny MRI problems)."""
 
 from __future__ import annotations
 
@@ -51,9 +51,28 @@ def test_mean_with_total_variation_and_without_the_final_projection():
     close(mean.reconstruction[0], (plain.ema_output[0] + complex_to_channels(image[None])[0]) / 2)
 
 
+def test_a_given_mean_lamda_replaces_the_search_and_wins_over_a_warm_starts(monkeypatch):
+    def no_search(*args, **kwargs):
+        raise AssertionError("mean_lamda is given: no lambda search")
+
+    monkeypatch.setattr(lamda_rules, "automatic_lamda", no_search)
+    batch = mri_batch(num=2, size=32, seed=1)
+    mean = fit(aseqdip(num_measurements=2, mean_with="l1_wavelet", mean_lamda=3e-3), batch, 3)
+    assert mean.fit_state.classical_lamdas.tolist() == pytest.approx([3e-3, 3e-3])
+    for row in range(2):
+        close(mean.all_reconstructions()[row],
+              (mean.all_network_reconstructions()[row] + l1_image(batch, row, lamda=3e-3)[0]) / 2)
+    state = mean.warm_state(0)
+    assert state["mean_lamda"] == pytest.approx(3e-3)
+    nxt = aseqdip(mean_with="l1_wavelet", mean_lamda=1e-2).warm_start(state)
+    assert float(fit(nxt, mri_batch(num=1, size=32, seed=2), 2).fit_state.classical_lamdas[0]) == pytest.approx(1e-2)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: aseqdip(mean_with="sense"), "mean_with must be one of"),
     (lambda: aseqdip(mean_with="L1"), "mean_with must be one of"),
+    (lambda: aseqdip(mean_lamda=1e-3), r"mean_lamda=0.001 is the lambda of the mean_with image: give mean_with too"),
+    (lambda: aseqdip(mean_with="total_variation", mean_lamda=-1e-3), "mean_lamda must be >= 0"),
 ])
 def test_an_unknown_mean_is_refused_at_construction(make, match):
     with pytest.raises(ValueError, match=match):

@@ -133,6 +133,8 @@ def test_held_out_stopping_on_the_warm_slices_only(volume, weights, tmp_path):
     (("--refit-steps", "5"), "--refit-steps refits a slice after its held-out stop: give --stop heldout too"),
     (("--stop", "heldout", "--refit-steps", "-1"), "--refit-steps must be a whole number >= 0"),
     (("--mean-with", "sense"), "argument --mean-with: invalid choice: 'sense'"),
+    (("--mean-lamda", "0.001"), "--mean-lamda 0.001 is the lambda of the --mean-with image: give --mean-with too"),
+    (("--mean-with", "total_variation", "--mean-lamda", "-1"), "--mean-lamda must be >= 0"),
 ])
 def test_bad_volume_options_are_refused_before_fitting(volume, weights, tmp_path, capsys, extra, message):
     import re
@@ -180,6 +182,13 @@ def test_mean_with_l1_along_a_warm_chain_carries_the_first_slices_lambda(volume,
                                      for s in range(3))):
         assert torch.equal(state["reconstruction"], other["reconstruction"])
     assert np.isfinite(volume_of(mean)).all() and not np.array_equal(volume_of(mean), volume_of(plain))
+
+
+def test_mean_lamda_fixes_each_slices_lambda_and_the_summary_records_it(volume, weights, tmp_path):
+    out = tmp_path / "mean"
+    assert main(args(volume, weights, out, "--slices", "0:2", "--mean-with", "l1_wavelet", "--mean-lamda", "0.003")) == 0
+    items = json.loads((out / "reconstruct_summary.json").read_text())["items"]
+    assert [item["mean_lamda"] for item in items] == pytest.approx([0.003, 0.003])
 
 
 def test_warm_input_from_the_neighbour_by_default(volume, weights, tmp_path):

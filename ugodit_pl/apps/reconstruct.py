@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ugodit_pl.apps.io import write_json
-from ugodit_pl.arguments import whole
+from ugodit_pl.arguments import non_negative, whole
 from ugodit_pl.apps.runtime import progress_display, quiet_lightning, step_progress
 from ugodit_pl.methods.classical_mean import MEAN_SOURCES
 from ugodit_pl.methods.defaults import SEQUENTIAL_DEFAULTS
@@ -263,6 +263,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise ValueError(f"--mean-with {args.mean_with} averages with compressed sensing of multi-coil k-space: it "
                              f"needs fastMRI files, but --data holds images")
         model_args["mean_with"] = args.mean_with
+        if args.mean_lamda is not None:
+            model_args["mean_lamda"] = non_negative("--mean-lamda", args.mean_lamda)
+    elif args.mean_lamda is not None:
+        raise ValueError(f"--mean-lamda {args.mean_lamda} is the lambda of the --mean-with image: give --mean-with too")
     holdout = 0.0
     if args.stop == "heldout":
         check_holds_out(kind, data_args)
@@ -431,8 +435,8 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
               warm: Optional[Sequence[Optional[Dict[str, Any]]]] = None) -> Tuple[Dict[str, Dict[str, Any]], Any]:
     """Fit one chunk (one Trainer.fit, sharded over the processes), row i warm-started from ``warm[i]`` where
     given; after a held-out stop, a second fit on every measured sample (``plan.refit()`` steps) continues
-    from the stopped one. Returns ({item label: the metrics the writer stored with it} for every item, the
-    fitted method)."""
+    from the stopped one. Returns ({item label: the metrics the writer stored with it, and with ``--mean-with``
+    the lambda of its compressed-sensing image} for every item, the fitted method)."""
     from ugodit_pl.callbacks import HeldOutEarlyStopping
 
     started_warm = bool(warm) and all(state is not None for state in warm)
@@ -454,7 +458,10 @@ def fit_chunk(plan: Plan, chunk: Sequence[Item], writer, progress=None, label: s
         trainer = _fit(plan, method, datamodule, refit, [writer], progress, f"{label} refit")
     if not trainer.is_global_zero:  # the main process reports; the volumes are its to assemble
         return {}, method
-    return {item.label: writer.metrics(*_writer_key(item)) or {} for item in chunk}, method
+    lamdas = method.fit_state.classical_lamdas.tolist() if method.mean_with is not None else None
+    return {item.label: dict(writer.metrics(*_writer_key(item)) or {},
+                             **({"mean_lamda": lamdas[row]} if lamdas is not None else {}))
+            for row, item in enumerate(chunk)}, method
 
 
 def _fit(plan: Plan, method: Any, datamodule: Any, steps: int, callbacks: List[Any], progress: Any, label: str):
@@ -748,6 +755,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                              "cross-validation (a warm-started slice takes its neighbour's); on the benchmarks' "
                              "means 0.25 to 1.1 dB above the network alone (docs/RESULTS.md, decision 13); "
                              "default: the network's alone")
+    parser.add_argument("--mean-lamda", type=float, default=None,
+                        help="with --mean-with: its lambda for every slice (relative to the k-space scaled so that "
+                             "the zero-filled image has max 1), one solve instead of the search; e.g. the "
+                             "mean_lamda that reconstruct_summary.json records for a slice of an earlier scan of the "
+                             "same protocol")
     parser.add_argument("--num-nodes", type=int, default=1,
                         help="machines taking part (Lightning's num_nodes, DDP): launch the same command on each, "
                              "with torchrun or SLURM's srun (README, 'Multi-GPU and multi-node')")

@@ -161,6 +161,10 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
             automatic-lambda L1; on warm-started volumes +1.1 dB over the network alone (decision 13).
             Not the papers' reconstruction, so not the default. ``network_reconstruction`` is the
             network's image alone.
+        mean_lamda: None (the lambda is chosen as ``mean_with`` says), or the lambda of the ``mean_with``
+            image for every measurement (relative to the k-space scaled so that the zero-filled image has max
+            1, as in ``ugodit_pl.classical``): one solve instead of the search, e.g. a lambda an earlier scan of
+            the same protocol was given (its ``fit_state.classical_lamdas``). Needs ``mean_with``.
     """
 
     #: Whether the inputs z are optimised with the weights (Self-Guided DIP).
@@ -195,6 +199,7 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
         tv_weight: Optional[float] = None,
         wavelet_weight: float = 0.0,
         mean_with: Optional[str] = None,
+        mean_lamda: Optional[float] = None,
     ) -> None:
         super().__init__()
         check_choice("loss_norm", loss_norm, LOSS_NORMS)
@@ -235,6 +240,10 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
                           else non_negative("tv_weight", tv_weight))
         self.wavelet_weight = non_negative("wavelet_weight", wavelet_weight)
         self.mean_with = None if mean_with is None else check_choice("mean_with", mean_with, MEAN_SOURCES)
+        if mean_lamda is not None and mean_with is None:
+            raise ValueError(f"mean_lamda={mean_lamda!r} is the lambda of the mean_with image: give mean_with too "
+                             f"(one of {', '.join(MEAN_SOURCES)})")
+        self.mean_lamda = None if mean_lamda is None else non_negative("mean_lamda", mean_lamda)
         self.final_projection_arg = final_projection
         # None is resolved in ``prepare`` (MRI or not) and kept in checkpoints
         self.final_projection = False if final_projection is None else bool(final_projection)
@@ -387,10 +396,12 @@ class ReconstructionMethod(FittedResults, WarmStarts, pl.LightningModule):
 
     def _write_classical(self, operator: Operator, y: torch.Tensor, scale: torch.Tensor, rows: torch.Tensor,
                          names: Optional[List[Optional[str]]]) -> None:
-        """The ``mean_with`` image of the rows (every measured sample, held-out ones too) and its lambda."""
+        """The ``mean_with`` image of the rows (every measured sample, held-out ones too) and its lambda: ``mean_lamda``
+        where given, else a warm start's neighbour's, else the automatic rule's."""
         row_list = rows.tolist()
-        images, lamdas = classical_images(operator, y, self.mean_with, [self._warm_lamdas.get(r) for r in row_list],
-                                          names)
+        images, lamdas = classical_images(operator, y, self.mean_with,
+                                          [self.mean_lamda if self.mean_lamda is not None else self._warm_lamdas.get(r)
+                                           for r in row_list], names)
         if self._should_normalize(y):
             images = apply_scale(images, scale)
         device = self.fit_state.classical.device

@@ -8,7 +8,8 @@ where x_net is the network's reconstruction (the EMA with its measured samples p
 the option) and x_cs the L1-wavelet (or total-variation) reconstruction of the same k-space and coil
 maps, its lambda chosen without ground truth by ``ugodit_pl.lamda_rules.automatic_lamda`` (rule
 ``"auto"``: held-out k-space cross-validation, the discrepancy principle where nothing can be held out),
-or taken from a warm start's neighbour (``lamdas``), which costs one solve instead of the search.
+or given (``ReconstructionMethod(mean_lamda=...)``) or taken from a warm start's neighbour (``lamdas``), which
+costs one solve instead of the search.
 
 Why: on the real-phase MRI panel the network and compressed sensing err in different places, and
 the mean of the two was above both on average: aSeqDIP at its defaults +0.67 / +0.25 dB over the
