@@ -184,16 +184,18 @@ def speed_section(doc: Dict[str, Any]) -> str:
     out = [f"U-Net channels {s['network_args'].get('channels')} at {s['size'][0]}x{s['size'][1]}, 8 coils; "
            f"medians of {s['repeats']} timed steps. Matrix-multiply peak of this run: "
            f"{peak['flop_per_s'] / 1e9:.1f} GFLOP/s fp32 (n = {peak['n']}), "
-           f"{r['matmul_peak_bf16']['flop_per_s'] / 1e9:.1f} GFLOP/s bf16. CPU features: {', '.join(r.get('cpu_flags', []))}.\n",
-           "UGoDIT pre-training step (forward, loss, backward, Adam) for M measurements:\n"]
-    rows = [[x["M"], x["batched_s"], x["looped_s"], x["speedup"], x["flops_per_step"] / 1e9,
-             x["batched_flop_per_s"] / 1e9, 100 * x["fraction_of_matmul_peak"]] for x in r["pretrain_step"]]
-    out.append(table(["M", "batched s/step", "looped s/step", "speed-up", "GFLOP/step", "GFLOP/s (batched)",
-                      "% of matmul peak"], rows, 3))
-    out.append("\nTest-time fit throughput (UGoDIT, B measurements fitted at once):\n")
-    rows = [[x["B"], x["step_s"], x["steps_per_fit"], x["seconds_per_fit"] / 60, x["measurements_per_hour"]]
-            for x in r["fit_throughput"]]
-    out.append(table(["B", "s/step", "steps per fit", "minutes per fit", "measurements/hour"], rows))
+           f"{r['matmul_peak_bf16']['flop_per_s'] / 1e9:.1f} GFLOP/s bf16. CPU features: {', '.join(r.get('cpu_flags', []))}.\n"]
+    if r["pretrain_step"]:
+        out.append("UGoDIT pre-training step (forward, loss, backward, Adam) for M measurements:\n")
+        rows = [[x["M"], x["batched_s"], x["looped_s"], x["speedup"], x["flops_per_step"] / 1e9,
+                 x["batched_flop_per_s"] / 1e9, 100 * x["fraction_of_matmul_peak"]] for x in r["pretrain_step"]]
+        out.append(table(["M", "batched s/step", "looped s/step", "speed-up", "GFLOP/step", "GFLOP/s (batched)",
+                          "% of matmul peak"], rows, 3))
+    if r["fit_throughput"]:
+        out.append("\nTest-time fit throughput (UGoDIT, B measurements fitted at once):\n")
+        rows = [[x["B"], x["step_s"], x["steps_per_fit"], x["seconds_per_fit"] / 60, x["measurements_per_hour"]]
+                for x in r["fit_throughput"]]
+        out.append(table(["B", "s/step", "steps per fit", "minutes per fit", "measurements/hour"], rows))
     v = r["variants"]
     out.append("\nOne U-Net fit step in CPU variants:\n")
     rows = [[k, v["step_s"][k], v["speedup_vs_fp32"][k], v["flop_per_s"][k] / 1e9, 100 * v["fraction_of_matmul_peak"][k]]
@@ -219,6 +221,13 @@ def speed_section(doc: Dict[str, Any]) -> str:
                  1e3 * x["plain_s"], 100 * x["overhead"], x["same_outputs"]] for x in r["overhead"]]
         out.append(table(["size", "width", "threads", "library ms/step", "plain loop ms/step", "overhead %",
                           "same outputs"], rows, 1))
+    if r.get("tv_solver"):
+        out.append("\nOne total-variation solve: the library's primal-dual iteration in torch against sigpy's "
+                   "`TotalVariationRecon` with the same steps (`tv_solver_speed`; medians, both in one run, alternating):\n")
+        rows = [[f"{x['size'][0]}x{x['size'][1]}", x["coils"], x["iterations"], x["device"], x["threads"], x["torch_s"],
+                 x["sigpy_s"], x["speedup"], f"{x['relative_difference']:.1e}"] for x in r["tv_solver"]]
+        out.append(table(["size", "coils", "iterations", "device", "threads", "torch s", "sigpy s", "speed-up",
+                          "relative difference"], rows, 3))
     if r.get("time_to_quality"):
         out.append("\n" + time_to_quality_section(r["time_to_quality"]))
     return "\n".join(out)

@@ -122,6 +122,10 @@ def test_speed_suite_tiny(tmp_path):
     (overhead,) = result["overhead"]
     assert overhead["same_outputs"] and overhead["largest_output_difference"] < 1e-4
     assert overhead["overhead"] == pytest.approx(overhead["library_s"] / overhead["plain_s"] - 1)
+    # total variation in torch beside sigpy's solver with the same steps: the same image
+    (tv,) = result["tv_solver"]
+    assert tv["size"] == [16, 16] and tv["iterations"] == 5 and tv["same_image"] and tv["relative_difference"] < 1e-5
+    assert tv["speedup"] == pytest.approx(tv["sigpy_s"] / tv["torch_s"])
     assert result["time_to_quality"] is None  # the tiny preset has no real data; tested on its own below
 
 

@@ -55,6 +55,26 @@ def test_total_variation_recovers_a_fully_sampled_image_and_flattens_with_lambda
     assert torch.equal(smooth, classical.total_variation(k, mask, maps, lamda=5.0, max_iter=200))  # no random start
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_total_variation_is_sigpys_primal_dual_iteration(weighted):
+    """The torch solver takes sigpy TotalVariationRecon's iterates: the same steps give the same image, with a
+    binary mask and with sampling weights (sigpy's data sqrt(w) y)."""
+    from sigpy.mri.app import TotalVariationRecon
+
+    k, mask, maps = problem(four_fold())
+    if weighted:
+        mask = mask * torch.linspace(0.3, 1.0, SIZE)
+    lamda, ratio = 3e-3, 50.0
+    image = classical.total_variation(k, mask, maps, lamda=lamda, max_iter=60, step_ratio=ratio)
+    y, m, s, scale, step, _ = classical._prepare(k, mask, maps)
+    norm2 = 1.0 / step + 8.0
+    reference = TotalVariationRecon(y, s, lamda=lamda, weights=m, max_iter=60, tau=np.sqrt(ratio / norm2),
+                                    sigma=1.0 / np.sqrt(ratio * norm2), solver="PrimalDualHybridGradient",
+                                    show_pbar=False).run() * scale
+    reference = torch.from_numpy(np.asarray(reference, dtype=np.complex64))
+    assert float((image - reference).norm() / reference.norm()) < 1e-5
+
+
 def tv_objective(x: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor, lamda: float) -> float:
     """1/2 ||P F S x - y||^2 + lamda ||G x||_1 (circular differences), in the solver's scaled units."""
     scale = float(classical.coil_combine(ifft2c(k), maps).abs().max())

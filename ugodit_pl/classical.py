@@ -7,8 +7,9 @@ mask; 1 = sampled), coil maps (coils, H, W) complex. Reconstructions are complex
 (H, W) on the device of the k-space tensor (CPU for numpy input). The FFT is the centred orthonormal
 one (:func:`ugodit_pl.complex.ifft2c`, the same as sigpy's ``sp.ifft(k, axes=(-2, -1))``).
 
-SENSE and L1-wavelet run sigpy on numpy (CPU). They first scale the k-space so that the
-zero-filled coil-combined image has max 1, so that one ``lamda`` serves any scanner scale, and undo
+SENSE and L1-wavelet run sigpy on numpy (CPU); total variation runs sigpy's primal-dual iteration
+written in torch, on the k-space's device. Each first scales the k-space so that the
+zero-filled coil-combined image has max 1, so that one ``lamda`` serves any scanner scale, and undoes
 the scale afterwards. The gradient step is 1 / (max_xy sum_c |s_c|^2 * max mask), an upper bound of
 the Lipschitz constant, instead of sigpy's randomly started power iteration (global RNG).
 
@@ -31,7 +32,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from ugodit_pl.complex import ifft2c
+from ugodit_pl.complex import fft2c, ifft2c
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -157,8 +158,9 @@ def zero_filled(
     return coil_combine(coil_images, _maps(coil_maps, k))
 
 
-def _prepare(kspace: ArrayLike, mask: ArrayLike, coil_maps: ArrayLike):
-    """Validated numpy inputs for sigpy, the k-space scale, the step size and the output device."""
+def _scaled(kspace: ArrayLike, mask: ArrayLike, coil_maps: ArrayLike):
+    """Validated tensors (k-space scaled so that the zero-filled coil-combined image has max 1, mask, maps),
+    the scale, and the step size 1 / L of the SENSE model (L: the Lipschitz bound of the module docstring)."""
     k = _kspace(kspace)
     m = _mask(mask, k)
     s = _maps(coil_maps, k)
@@ -167,8 +169,14 @@ def _prepare(kspace: ArrayLike, mask: ArrayLike, coil_maps: ArrayLike):
     if scale == 0.0:
         raise ValueError("the zero-filled coil-combined image is zero: no signal in kspace (or coil_maps)")
     lipschitz = float(s.abs().pow(2).sum(dim=0).max()) * float(m.max())
+    return k / scale, m, s, scale, 1.0 / lipschitz
+
+
+def _prepare(kspace: ArrayLike, mask: ArrayLike, coil_maps: ArrayLike):
+    """Validated numpy inputs for sigpy, the k-space scale, the step size and the output device."""
+    k, m, s, scale, step = _scaled(kspace, mask, coil_maps)
     to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    return to_np(k / scale), to_np(m), to_np(s), scale, 1.0 / lipschitz, k.device
+    return to_np(k), to_np(m), to_np(s), scale, step, k.device
 
 
 def _finish(image: np.ndarray, scale: float, device: torch.device) -> torch.Tensor:
@@ -267,10 +275,11 @@ def total_variation(
     max_iter: int = TV_MAX_ITER,
     step_ratio: Optional[float] = None,
 ) -> torch.Tensor:
-    """Total-variation compressed sensing (sigpy ``TotalVariationRecon``), complex (H, W).
+    """Total-variation compressed sensing, complex (H, W), on the k-space's device.
 
-    argmin_x 1/2 ||P F S x - y||^2 + lamda ||G x||_1 (G: finite differences along both axes, anisotropic
-    TV of the complex image) by primal-dual hybrid gradient with ``max_iter`` iterations; ``lamda`` is
+    argmin_x 1/2 ||P F S x - y||^2 + lamda ||G x||_1 (G: circular finite differences along both axes,
+    anisotropic TV of the complex image) by primal-dual hybrid gradient with ``max_iter`` iterations
+    (:func:`_tv_pdhg`: sigpy ``TotalVariationRecon``'s iteration, in torch); ``lamda`` is
     relative to the k-space scaled so that the zero-filled coil-combined image has max 1. The steps
     satisfy tau * sigma * (L + 8) = 1 (L the Lipschitz bound of the SENSE model, 8 bounds ||G||^2; no
     randomly started power iteration runs), and their ratio tau / sigma is ``step_ratio``, by default
@@ -289,19 +298,51 @@ def total_variation(
     >>> torch.allclose(total_variation(fft2c(flat)[None], torch.ones(16, 16), maps, lamda=0.01), flat, atol=1e-3)
     True
     """
-    from sigpy.mri.app import TotalVariationRecon
-
     if lamda < 0 or max_iter < 1 or (step_ratio is not None and not step_ratio > 0):
         raise ValueError(f"lamda must be >= 0, max_iter >= 1 and step_ratio > 0 (or None), got lamda={lamda}, "
                          f"max_iter={max_iter}, step_ratio={step_ratio}")
-    y, m, s, scale, step, device = _prepare(kspace, mask, coil_maps)
+    k, m, s, scale, step = _scaled(kspace, mask, coil_maps)
+    tau, sigma = _tv_steps(k, s, step, lamda, step_ratio)
+    return _tv_pdhg(k, m, s, lamda, max_iter, tau, sigma) * scale
+
+
+def _tv_steps(k: torch.Tensor, s: torch.Tensor, step: float, lamda: float, step_ratio: Optional[float]):
+    """(tau, sigma) of :func:`_tv_pdhg` for the scaled k-space ``k``, maps ``s`` and SENSE step 1 / L: tau sigma
+    (L + 8) = 1, and tau / sigma = ``step_ratio`` (None: :func:`tv_step_ratio` of the zero-filled image)."""
     if step_ratio is None:
-        step_ratio = tv_step_ratio(coil_combine(ifft2c(torch.from_numpy(y)), torch.from_numpy(s)), lamda)
+        step_ratio = tv_step_ratio(coil_combine(ifft2c(k), s), lamda)
     norm2 = 1.0 / step + _FINITE_DIFFERENCE_NORM2
-    tau, sigma = math.sqrt(step_ratio / norm2), 1.0 / math.sqrt(step_ratio * norm2)
-    app = TotalVariationRecon(y, s, lamda=lamda, weights=m, max_iter=max_iter, tau=tau, sigma=sigma,
-                              solver="PrimalDualHybridGradient", show_pbar=False)
-    return _finish(app.run(), scale, device)
+    return math.sqrt(step_ratio / norm2), 1.0 / math.sqrt(step_ratio * norm2)
+
+
+@torch.no_grad()
+def _tv_pdhg(k: torch.Tensor, m: torch.Tensor, s: torch.Tensor, lamda: float, max_iter: int, tau: float,
+             sigma: float) -> torch.Tensor:
+    """``max_iter`` iterations of primal-dual hybrid gradient (Chambolle and Pock 2011, theta = 1) from x = 0 on
+    1/2 ||A x - d||^2 + lamda ||G x||_1 with A = sqrt(m) F S and d = sqrt(m) k (sigpy's weighted data; ``k``
+    (coils, H, W) is already multiplied by ``m``), G x = (x - x shifted by one row, x - x shifted by one column),
+    circular. Each iteration steps the dual of the data term to (u + sigma (A x_ext - d)) / (1 + sigma), that of
+    the TV term to its projection on |v| <= lamda, the image to x - tau (A^H u + G^H v), and extrapolates to
+    x_ext = 2 x - x_old: the iteration, steps and operators of sigpy's ``TotalVariationRecon`` with
+    ``solver="PrimalDualHybridGradient"``, in torch on ``k``'s device (the same image to 1e-5: tests)."""
+    root = m.sqrt()
+    data = root * k
+    x = torch.zeros(k.shape[-2:], dtype=k.dtype, device=k.device)
+    extrapolated = x
+    u = torch.zeros_like(k)  # the data term's dual
+    v = torch.zeros((2, *k.shape[-2:]), dtype=k.dtype, device=k.device)  # the TV term's dual
+
+    def differences(image: torch.Tensor) -> torch.Tensor:
+        return torch.stack((image - image.roll(1, -2), image - image.roll(1, -1)))
+
+    for _ in range(max_iter):
+        u = (u + sigma * (root * fft2c(s * extrapolated) - data)) / (1.0 + sigma)
+        v = v + sigma * differences(extrapolated)
+        v = v * (lamda / v.abs().clamp_min(torch.finfo(v.real.dtype).tiny)).clamp(max=1.0)
+        adjoint_g = (v[0] - v[0].roll(-1, -2)) + (v[1] - v[1].roll(-1, -1))
+        previous, x = x, x - tau * ((s.conj() * ifft2c(root * u)).sum(dim=0) + adjoint_g)
+        extrapolated = 2.0 * x - previous
+    return x
 
 
 def rss_target(kspace_full: ArrayLike) -> torch.Tensor:

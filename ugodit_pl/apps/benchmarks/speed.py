@@ -14,6 +14,8 @@
   matrix-multiply throughput of the same machine, to put the achieved FLOP/s in proportion.
 - :func:`loop_overhead`: the library's fit step against the same objective written as a plain PyTorch
   loop (:func:`_plain_aseqdip_loop`), side by side, with a check that both compute the same outputs.
+- :func:`tv_solver_speed`: one total-variation solve by the library (torch, on the device) against sigpy's
+  ``TotalVariationRecon`` with the same steps.
 - :func:`run_speed_suite`: all of the above and the time to quality on the real-MRI panel
   (:mod:`.time_to_quality`), the ``speed`` suite of ``ugodit benchmark``.
 
@@ -49,6 +51,7 @@ __all__ = [
     "matmul_peak",
     "pretrain_step_speed",
     "thread_scaling",
+    "tv_solver_speed",
     "variant_speed",
 ]
 
@@ -456,6 +459,49 @@ def loop_overhead(
     }
 
 
+def tv_solver_speed(size: Tuple[int, int] = (96, 72), coils: int = 8, iterations: Optional[int] = None,
+                    repeats: int = 3, warmup: int = 1, device: str = "cpu", lamda: float = 1e-3) -> Dict[str, Any]:
+    """One total-variation solve (``iterations``, default ``classical.TV_MAX_ITER``) by the library
+    (``classical.total_variation``: sigpy's primal-dual iteration written in torch, on ``device``) against
+    sigpy's ``TotalVariationRecon`` with the same steps (numpy, on the CPU), alternating; medians over
+    ``repeats`` after ``warmup`` untimed pairs. The result records the two images' relative difference.
+
+    >>> r = tv_solver_speed(size=(16, 16), coils=2, iterations=5, repeats=1, warmup=0)
+    >>> r["torch_s"] > 0 and r["sigpy_s"] > 0 and r["same_image"]
+    True
+    """
+    import numpy as np
+    from sigpy.mri.app import TotalVariationRecon
+
+    from ugodit_pl import classical
+
+    iterations = classical.TV_MAX_ITER if iterations is None else int(iterations)
+    problem = _mri_problem(1, size, coils=coils, seed=5)
+    dev = torch.device(device)
+    k, mask, maps = (t.to(dev) for t in (problem["y"][0], problem["operator"].mask[0], problem["operator"].coil_maps[0]))
+    scaled, _, s, scale, step = classical._scaled(k, mask, maps)
+    tau, sigma = classical._tv_steps(scaled, s, step, lamda, None)
+    y_np, m_np, s_np, _, _, _ = classical._prepare(k, mask, maps)
+    images: Dict[str, torch.Tensor] = {}
+
+    def library() -> None:
+        images["torch"] = classical.total_variation(k, mask, maps, lamda=lamda, max_iter=iterations)
+
+    def sigpy() -> None:
+        app = TotalVariationRecon(y_np, s_np, lamda=lamda, weights=m_np, max_iter=iterations, tau=tau, sigma=sigma,
+                                  solver="PrimalDualHybridGradient", show_pbar=False)
+        images["sigpy"] = torch.from_numpy(np.asarray(app.run(), dtype=np.complex64) * scale)
+
+    times = _median_times({"torch": library, "sigpy": sigpy}, repeats, warmup, dev)
+    torch_s, sigpy_s = statistics.median(times["torch"]), statistics.median(times["sigpy"])
+    reference = images["sigpy"]
+    difference = float((images["torch"].cpu() - reference).norm() / reference.norm())
+    return {"size": list(size), "coils": coils, "iterations": iterations, "lamda": lamda, "device": str(dev),
+            "threads": torch.get_num_threads(), "repeats": repeats, "torch_s": torch_s, "sigpy_s": sigpy_s,
+            "speedup": sigpy_s / torch_s, "torch_runs_s": times["torch"], "sigpy_runs_s": times["sigpy"],
+            "relative_difference": difference, "same_image": difference < 1e-4}
+
+
 def _single_net_step(network_args: Dict[str, Any], size: Tuple[int, int], device: torch.device,
                      channels_last: bool = False, autocast_bf16: bool = False, compiled: bool = False):
     """(step, flops-step) for one U-Net fit step with the MRI data term (aSeqDIP/UGoDIT-like), in a variant."""
@@ -604,7 +650,7 @@ SPEED_PRESETS: Dict[str, Dict[str, Any]] = {
              "steps_per_fit": 10, "repeats": 1, "warmup": 0, "matmul_n": 64, "threads": (1,), "compile": False,
              "compile_timeout_s": 60.0, "overhead": [{"network_args": {"channels": [4, 8, 8, 8]}, "size": (16, 16),
                                                       "steps": 8, "repeats": 1}],
-             "time_to_quality": None},
+             "tv_sizes": [(16, 16)], "tv_iterations": 5, "time_to_quality": None},
     # the reduced-size MRI setting of the quality suites' issue (112 x 88, width-32 U-Net); the overhead and
     # the time to quality at the real-MRI panel's quick size (96 x 72 and 96 x 96, width-16 U-Net)
     "quick": {"network_args": {"channels": [32, 64, 128, 128]}, "size": (112, 88), "decoders": (2, 4, 8),
@@ -612,11 +658,12 @@ SPEED_PRESETS: Dict[str, Dict[str, Any]] = {
               "threads": (1, 2), "compile": True, "compile_timeout_s": 420.0,
               "overhead": [{"network_args": {"channels": [16, 32, 64, 64]}, "size": (96, 72), "steps": 60, "repeats": 5},
                            {"network_args": {"channels": [32, 64, 128, 128]}, "size": (112, 88), "steps": 40, "repeats": 3}],
-              "time_to_quality": "quick"},
+              "tv_sizes": [(96, 72), (230, 180)], "tv_iterations": None, "time_to_quality": "quick"},
     # the authors' U-Net at the fastMRI reconstruction size (for a GPU)
     "full": {"network_args": {"channels": [64, 128, 256, 256]}, "size": (320, 320), "decoders": (2, 4, 8),
              "fit_batches": (1, 4, 16), "steps_per_fit": 3000, "repeats": 5, "warmup": 2, "matmul_n": 8192,
-             "threads": (), "compile": True, "compile_timeout_s": 600.0, "overhead": [], "time_to_quality": "full"},
+             "threads": (), "compile": True, "compile_timeout_s": 600.0, "overhead": [], "tv_sizes": [(320, 320)],
+             "tv_iterations": None, "time_to_quality": "full"},
 }
 
 
@@ -665,6 +712,14 @@ def run_speed_suite(preset: str = "quick", *, device: str = "cpu", overrides: Op
         log(f"speed: {r['size'][0]}x{r['size'][1]}, width {r['network_args']['channels'][0]}: library step "
             f"{r['library_s'] * 1e3:.1f} ms, plain PyTorch loop {r['plain_s'] * 1e3:.1f} ms: overhead "
             f"{100 * r['overhead']:+.1f} % (same outputs: {r['same_outputs']})")
+    tv = []
+    for tv_size in s["tv_sizes"]:
+        r = tv_solver_speed(tuple(tv_size), iterations=s["tv_iterations"], repeats=int(s["repeats"]),
+                            warmup=int(s["warmup"]), device=device)
+        tv.append(r)
+        log(f"speed: total variation at {r['size'][0]}x{r['size'][1]}, {r['iterations']} iterations: torch "
+            f"{r['torch_s']:.2f} s ({r['device']}), sigpy {r['sigpy_s']:.2f} s (x{r['speedup']:.2f}; same image: "
+            f"{r['same_image']})")
     quality = None
     if s["time_to_quality"]:
         from ugodit_pl.apps.benchmarks.time_to_quality import run_time_to_quality
@@ -674,7 +729,7 @@ def run_speed_suite(preset: str = "quick", *, device: str = "cpu", overrides: Op
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()},
         "matmul_peak": peak, "matmul_peak_bf16": peak_bf16, "pretrain_step": pretrain, "fit_throughput": fits,
         "variants": variants, "compile": compiled, "threads": threads, "overhead": overhead,
-        "time_to_quality": quality, "cpu_flags": _cpu_flags(), "total_seconds": time.perf_counter() - start,
+        "tv_solver": tv, "time_to_quality": quality, "cpu_flags": _cpu_flags(), "total_seconds": time.perf_counter() - start,
     }
 
 
