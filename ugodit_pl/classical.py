@@ -31,8 +31,9 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+from torch.fft import fft2, fftshift, ifft2, ifftshift
 
-from ugodit_pl.complex import fft2c, ifft2c
+from ugodit_pl.complex import ifft2c
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -325,24 +326,29 @@ def _tv_pdhg(k: torch.Tensor, m: torch.Tensor, s: torch.Tensor, lamda: float, ma
     the TV term to its projection on |v| <= lamda, the image to x - tau (A^H u + G^H v), and extrapolates to
     x_ext = 2 x - x_old: the iteration, steps and operators of sigpy's ``TotalVariationRecon`` with
     ``solver="PrimalDualHybridGradient"``, in torch on ``k``'s device (the same image to 1e-5: tests)."""
-    root = m.sqrt()
-    data = root * k
+    # The centred FFT is fftshift . FFT . ifftshift: the iteration runs on ifftshift-ed images and k-space, where
+    # it is the plain FFT (circular differences commute with the shift), and shifts the image back at the end.
+    dims = (-2, -1)
+    root = ifftshift(m.sqrt(), dims)
+    data = root * ifftshift(k, dims)
+    s = ifftshift(s, dims)
+    s_conj = s.conj()
     x = torch.zeros(k.shape[-2:], dtype=k.dtype, device=k.device)
-    extrapolated = x
+    extrapolated = torch.zeros_like(x)
     u = torch.zeros_like(k)  # the data term's dual
     v = torch.zeros((2, *k.shape[-2:]), dtype=k.dtype, device=k.device)  # the TV term's dual
-
-    def differences(image: torch.Tensor) -> torch.Tensor:
-        return torch.stack((image - image.roll(1, -2), image - image.roll(1, -1)))
-
+    tiny = torch.finfo(v.real.dtype).tiny
     for _ in range(max_iter):
-        u = (u + sigma * (root * fft2c(s * extrapolated) - data)) / (1.0 + sigma)
-        v = v + sigma * differences(extrapolated)
-        v = v * (lamda / v.abs().clamp_min(torch.finfo(v.real.dtype).tiny)).clamp(max=1.0)
-        adjoint_g = (v[0] - v[0].roll(-1, -2)) + (v[1] - v[1].roll(-1, -1))
-        previous, x = x, x - tau * ((s.conj() * ifft2c(root * u)).sum(dim=0) + adjoint_g)
-        extrapolated = 2.0 * x - previous
-    return x
+        u.add_(root * fft2(s * extrapolated, norm="ortho") - data, alpha=sigma).div_(1.0 + sigma)
+        v[0].add_(extrapolated - extrapolated.roll(1, -2), alpha=sigma)
+        v[1].add_(extrapolated - extrapolated.roll(1, -1), alpha=sigma)
+        v.mul_((lamda / v.abs().clamp_min_(tiny)).clamp_(max=1.0))  # the projection on |v| <= lamda
+        adjoint = (v[0] - v[0].roll(-1, -2)).add_(v[1] - v[1].roll(-1, -1))  # G^H v
+        adjoint.add_((s_conj * ifft2(root * u, norm="ortho")).sum(dim=0))  # + A^H u
+        extrapolated.copy_(x)
+        x.sub_(adjoint, alpha=tau)
+        extrapolated.mul_(-1.0).add_(x, alpha=2.0)  # 2 x - x_old
+    return fftshift(x, dims)
 
 
 def rss_target(kspace_full: ArrayLike) -> torch.Tensor:
