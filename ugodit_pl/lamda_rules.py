@@ -30,10 +30,10 @@ A user with one undersampled scan has no target to tune lambda on; two rules any
   (:func:`least_of_ties`). On nibabel's EPI slice at 128 x 96, 4x, lambdas 3e-3, 1e-2 and 3e-2 scored
   0.759, 0.761 and 0.759 for L1-wavelet: the smallest error picked 3e-2, 1.57 dB below the oracle's
   lambda, the least of the ties 3e-3, 0.13 dB below it; on the 27 other problems measured (the panel
-  at every size, 16 volume slices) no L1 choice changes. Total variation's errors tie more often: on
-  the 12 panel problems its choice moved by -0.03 to +0.22 dB (decision 17 of
-  benchmarks/results/decisions.md, with the TV solver before decision 23's, which stopped far from the
-  minimiser).
+  at every size, 16 volume slices) no L1 choice changes. Total variation's errors tie more often: with
+  the solver run to its minimiser (decision 23), the largest of the ties would give it +0.02 to +0.62 dB
+  on three of the 12 panel problems and -0.16 dB on the DWI volume (decision 27 of
+  benchmarks/results/decisions.md), so the least of the ties serves both methods.
 
 The grids (``LAMDA_GRID``) are relative to the k-space scaled so that the zero-filled coil-combined
 image has max 1, as every ``lamda`` of :mod:`ugodit_pl.classical`.

@@ -18,9 +18,10 @@ automatic-lambda L1; width 32 + TV +0.60 dB over that L1 at 4x. On two simulated
 with the lambda carried, +1.1 dB over the networks alone and 0.6 to 1.1 dB over L1
 (``benchmarks/results/decisions.md``, decisions 11 and 13). Averaged with total variation solved to its
 minimiser instead (decision 23), aSeqDIP at width 32 and 1500 steps is +1.14 dB over the automatic L1 at 4x
-and level with TV alone (+0.07 dB); its warm volume chains are 0.50 / 0.84 dB above the L1 mean. It is
-not the papers' reconstruction, and
-the search over lambdas costs a quarter to a third of a 600-step CPU fit, so it is an option, off by
+and level with TV alone (+0.07 dB); its warm volume chains are 0.50 / 0.84 dB above the L1 mean. At native
+size (decision 27) the mean at the defaults is 0.41 dB below TV alone at 4x and 0.26 dB above it at 8x. It is
+not the papers' reconstruction, and the search over lambdas costs 12 to 60 s a slice of 96x72 to 144x112 on
+one CPU core (L1-wavelet 12 to 27 s, total variation 28 to 60 s; decision 26), so it is an option, off by
 default.
 
 >>> import torch
