@@ -14,6 +14,7 @@ from ugodit_pl.apps.benchmarks.common import CurveTracker, plot_curves, steps_to
 from ugodit_pl.apps.benchmarks.mri_quality import CLASSICAL
 from ugodit_pl.apps.io import machine_info, read_json, to_jsonable, write_json
 from ugodit_pl.callbacks import HeldOutEarlyStopping
+from ugodit_pl.lamda_rules import least_of_ties
 
 
 @pytest.fixture(autouse=True)
@@ -537,7 +538,12 @@ def test_volume_suite_tiny(tmp_path, shared_data):
         assert math.isfinite(volume["methods"][name]["volume"]["psnr"])
     for name in ("l1_wavelet_auto", "total_variation_auto"):
         assert all(lamda in (1e-3, 1e-2) for lamda in volume["methods"][name]["lamdas"])
-        assert set(volume["methods"][name]["rules"]) <= {"cv", "discrepancy"}
+        assert set(volume["methods"][name]["rules"]) == {"cv"}  # both slices hold out lines
+        # each slice's scores per lambda, and the oracle's PSNR per lambda: a lambda rule can be scored from the file
+        scores, grids = volume["methods"][name]["scores"], volume["methods"][name.replace("_auto", "_tuned")]["slice_grids"]
+        assert len(scores) == len(grids) == 2 and all(set(s) == set(g) == {"0.001", "0.01"} for s, g in zip(scores, grids))
+        for lamda, score in zip(volume["methods"][name]["lamdas"], scores):  # the errors the choice was made from
+            assert lamda == least_of_ties({float(k): v for k, v in score.items()})
     row = document["result"]["summary"]["aseqdip epi"]
     assert row["warm_time_ratio"] == round(runs["warm"]["seconds"] / runs["cold"]["seconds"], 3)
     assert row["warm_stop_psnr_change_before_refit"] == round(

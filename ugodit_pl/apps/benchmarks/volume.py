@@ -41,7 +41,8 @@ neighbour's lambda).
 
 plus the classical reconstructions of ``mri-quality`` per slice (``CLASSICAL``): zero-filled, CG-SENSE, and
 L1-wavelet and total variation each at its default lambda, at the lambda the automatic rule picks (its
-lambdas and rules are kept per slice) and at the oracle-tuned one.
+lambdas, rules and held-out scores are kept per slice) and at the oracle-tuned one (each slice's PSNR at
+every lambda of the grid is kept).
 Reported per volume: fastMRI's volume PSNR / SSIM (the volume's maximum as data range), seconds of
 fitting (cumulative over the slices), slices per hour, the steps each slice used, and for the
 stopping rule the gap to the best PSNR of each slice's own fit in hindsight.
@@ -398,14 +399,19 @@ def run_volume_suite(preset: str = "quick", out_dir: Optional[Path] = None, *, d
 
 
 def _baselines(batches: List[Dict[str, Any]], settings: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """Each reconstruction of ``CLASSICAL`` over the volume's slices: its volume scores and seconds, and the
-    lambda and rule of each slice for the automatic ones."""
+    """Each reconstruction of ``CLASSICAL`` over the volume's slices: its volume scores and seconds; for the
+    automatic ones each slice's lambda, rule and scores (held-out errors or discrepancy ratios, per lambda), and
+    for the oracle ones each slice's PSNR at every lambda of the grid, so that another way to choose lambda can
+    be scored from the file."""
     classical = [classical_results(b, panel.support_of(b), settings, keep_images=True) for b in batches]
     out = {key: {"volume": _classical_volume(classical, key, batches),
                  "seconds": round(sum(c[key].get("seconds", 0.0) for c in classical), 2)} for key in CLASSICAL}
     for key in ("l1_wavelet_auto", "total_variation_auto"):
         out[key]["lamdas"] = [c[key]["lamda"] for c in classical]
         out[key]["rules"] = [c[key]["rule"] for c in classical]
+        out[key]["scores"] = [c[key]["scores"] for c in classical]
+    for key in ("l1_wavelet_tuned", "total_variation_tuned"):
+        out[key]["slice_grids"] = [c[key]["grid"] for c in classical]
     return out
 
 
