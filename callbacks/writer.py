@@ -370,23 +370,27 @@ class ReconstructionWriter(pl.Callback):
             if not bool(torch.isfinite(image).all()):
                 failed.append(key)
                 continue
-            metrics = dict(record, **_metrics(image, entry.get("target")))
             if "fname" in entry:
-                self._write_slice(entry["fname"], entry["slice"], image, method, settings, metrics, entry.get("target"))
+                self.write_slice(entry["fname"], entry["slice"], image, method, settings, record, entry.get("target"))
             else:
-                self._write_image(entry["name"], image, metrics)
+                self._write_image(entry["name"], image, dict(record, **_metrics(image, entry.get("target"))))
         trainer.strategy.barrier("ReconstructionWriter")   # every process's slices are on disk
         if trainer.is_global_zero:
             self.assemble_all()
         if failed:
             raise NonFiniteReconstruction(failed)
 
-    def _write_slice(self, fname: str, slice_num: int, image: torch.Tensor, method: str, settings: str,
-                     metrics: Dict[str, Any], target: Optional[torch.Tensor]) -> None:
+    def write_slice(self, fname: str, slice_num: int, image: torch.Tensor, method: str, settings: str,
+                    record: Dict[str, Any], target: Optional[torch.Tensor] = None) -> None:
+        """Write one slice's (C, H, W) reconstruction (2 channels: real and imaginary) to ``.partial``
+        (atomically), with ``record`` and its metrics against ``target`` (1, H, W) when given; :meth:`assemble`
+        puts it into its volume. A slice written already is kept unless ``overwrite``. Used by
+        :meth:`on_fit_end`, and by drivers that reconstruct without a Trainer (``ugodit classical``)."""
         if not self.overwrite and self.is_done(fname, slice_num):
             self.skipped.append((fname, slice_num))
             rank_zero_info(f"ReconstructionWriter: {fname} slice {slice_num} is already written; kept (overwrite=False)")
             return
+        metrics = dict(record, **_metrics(image, target))
         magnitude = _magnitude(image)
         path = self._partial_path(fname, slice_num)
         arrays = {"reconstruction": magnitude, "method": np.array(method), "settings": np.array(settings),

@@ -5,6 +5,7 @@ Commands::
     ugodit fit|validate|test|predict --config configs/X.yaml [--key value ...]   (LightningCLI)
     ugodit demo [--task mri|sr] [--quick] [--out DIR] [--steps N] [--size S]
     ugodit reconstruct --data PATH --weights FILE --out DIR [--steps N] [--config X.yaml]
+    ugodit classical --data PATH --out DIR [--method total_variation] [--lamda auto] [--config X.yaml]
     ugodit benchmark ...
 
 ``fit`` / ``validate`` / ``test`` / ``predict`` are Lightning's ``LightningCLI`` in subclass mode:
@@ -50,6 +51,7 @@ LIGHTNING_COMMANDS: Dict[str, str] = {
 OTHER_COMMANDS: Dict[str, str] = {
     "demo": "the one-command demo: UGoDIT vs DIP, aSeqDIP, L1-wavelet and TV on real MRI, in minutes on a CPU",
     "reconstruct": "reconstruct every slice of a folder of fastMRI files (or every image) with transferable weights",
+    "classical": "total variation, L1-wavelet, CG-SENSE or zero-filled of every slice of a folder of fastMRI files",
     "benchmark": "the benchmarks (ugodit benchmark --help)",
 }
 COMMANDS: Dict[str, str] = {**LIGHTNING_COMMANDS, **OTHER_COMMANDS}
@@ -79,6 +81,7 @@ def usage() -> str:
         f"  {PROG} fit --config configs/mri_ugodit_fit_4x.yaml --trainer.devices 2 --trainer.strategy ddp",
         f"  {PROG} reconstruct --data /data/multicoil_val --weights runs/mri_ugodit_4x/transferable_weights.pt "
         "--out recons",
+        f"  {PROG} classical --data /data/multicoil_val --out recons_tv --config configs/mri_ugodit_fit_4x.yaml",
         "",
         f"--debug (or {DEBUG_ENV}=1) shows the full traceback of an error.",
     ]
@@ -331,6 +334,12 @@ def run_reconstruct(argv: Sequence[str]) -> int:
     return reconstruct_main(list(argv))
 
 
+def run_classical(argv: Sequence[str]) -> int:
+    from ugodit_pl.apps.classical_volumes import main as classical_main
+
+    return classical_main(list(argv))
+
+
 def run_benchmark(argv: Sequence[str]) -> int:
     from ugodit_pl.apps.benchmarks.cli import main as benchmark_main
 
@@ -340,6 +349,7 @@ def run_benchmark(argv: Sequence[str]) -> int:
 RUNNERS: Dict[str, Callable[[Sequence[str]], int]] = {
     "demo": run_demo,
     "reconstruct": run_reconstruct,
+    "classical": run_classical,
     "benchmark": run_benchmark,
 }
 

@@ -178,8 +178,10 @@ def find_items(data: Union[str, os.PathLike], slices: str = "all") -> Tuple[str,
     )
 
 
-def read_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The model / data / trainer sections of a ``ugodit fit`` YAML config (UGoDITFit only)."""
+def config_sections(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The sections of a ``ugodit fit`` YAML config: ``model_class``, ``model`` (its init_args),
+    ``data_class``, ``data`` (its init_args) and ``trainer``; a clear error when the file is missing or
+    not a config."""
     import yaml
 
     path = Path(path)
@@ -192,20 +194,25 @@ def read_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"--config {path}: expected a mapping with model / data / trainer sections")
     model = config.get("model") or {}
-    class_path = str(model.get("class_path", "ugodit_pl.methods.UGoDITFit"))
-    if class_path.rsplit(".", 1)[-1] != "UGoDITFit":
-        raise ValueError(
-            f"--config {path}: reconstruct fits with transferable weights (ugodit_pl.methods.UGoDITFit), "
-            f"but the config's model is {class_path}; use a *_fit config such as configs/mri_ugodit_fit_4x.yaml"
-        )
     data = config.get("data") or {}
-    trainer = config.get("trainer") or {}
     return {
+        "model_class": str(model.get("class_path", "ugodit_pl.methods.UGoDITFit")),
         "model": dict(model.get("init_args") or {}),
         "data_class": str(data.get("class_path", "")),
         "data": dict(data.get("init_args") or {}),
-        "trainer": dict(trainer),
+        "trainer": dict(config.get("trainer") or {}),
     }
+
+
+def read_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The model / data / trainer sections of a ``ugodit fit`` YAML config (UGoDITFit only)."""
+    config = config_sections(path)
+    if config["model_class"].rsplit(".", 1)[-1] != "UGoDITFit":
+        raise ValueError(
+            f"--config {path}: reconstruct fits with transferable weights (ugodit_pl.methods.UGoDITFit), "
+            f"but the config's model is {config['model_class']}; use a *_fit config such as configs/mri_ugodit_fit_4x.yaml"
+        )
+    return config
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -524,7 +531,7 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
     if main_process:
         what = "slices" if plan.kind == "mri" else "images"
         largest = max((len(c) for c in work), default=0)
-        console.print(f"[bold]ugodit reconstruct[/bold]: {len(plan.items)} {what} in {_describe_source(plan)}; "
+        console.print(f"[bold]ugodit reconstruct[/bold]: {len(plan.items)} {what} in {describe_source(plan.items)}; "
                       f"{len(plan.items) - len(pending)} already written in {plan.out}, {len(pending)} to do in "
                       f"{len(work)} chunk(s) of up to {largest}; {plan.steps} steps each with the transferable "
                       f"weights {plan.weights}")
@@ -609,18 +616,18 @@ def _keep_warm_states(plan: Plan, chunk: Sequence[Item], method: Any, main_proce
     return states
 
 
-def _describe_source(plan: Plan) -> str:
-    folders = sorted({str(item.path.parent) for item in plan.items})
+def describe_source(items: Sequence[Item]) -> str:
+    """The folder the items come from, or how many folders."""
+    folders = sorted({str(item.path.parent) for item in items})
     return folders[0] if len(folders) == 1 else f"{len(folders)} folders"
 
 
-def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[str], writer,
-              seconds: float = 0.0) -> Dict[str, Any]:
-    """Every item with its status and the metrics stored with it (from this run or an earlier one), for
-    MRI every volume's metrics in fastMRI's convention, and this run's throughput: ``seconds`` of
-    reconstruction (reading, fitting and writing the chunks) and the items per hour it gives."""
+def item_metrics(items: Sequence[Item], kind: str, done_now: Dict[str, Dict[str, Any]], failed: Sequence[str],
+                 writer) -> Dict[str, Any]:
+    """Every item with its status and the metrics stored with it (from this run or an earlier one), their mean
+    PSNR and SSIM, and for MRI every volume's metrics in fastMRI's convention."""
     rows = []
-    for item in plan.items:
+    for item in items:
         entry = dict(done_now.get(item.label) or writer.metrics(*_writer_key(item)) or {})
         entry["name"] = item.label
         entry["status"] = ("failed (not finite)" if item.label in failed else
@@ -630,21 +637,33 @@ def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[
     psnrs = [r["psnr"] for r in rows if "psnr" in r]
     ssims = [r["ssim"] for r in rows if "ssim" in r]
     volumes = {}
-    if plan.kind == "mri":
-        for name in sorted({item.path.name for item in plan.items}):
+    if kind == "mri":
+        for name in sorted({item.path.name for item in items}):
             values = writer.volume_metrics(name)
             if values is not None:
                 volumes[name] = {k: round(v, 4) for k, v in values.items()}
     return {
-        "data": _describe_source(plan),
-        "weights": str(plan.weights),
-        "out": str(plan.out),
-        "steps": plan.steps,
         "items": rows,
         "failed": list(failed),
         "mean_psnr": round(sum(psnrs) / len(psnrs), 4) if psnrs else None,
         "mean_ssim": round(sum(ssims) / len(ssims), 4) if ssims else None,
         "volumes": volumes,
+        "metrics": ("per item: PSNR / SSIM (/ NMSE) of each slice against its target with the slice's own maximum as "
+                    "data range (mean_psnr, mean_ssim: their means); per volume: fastMRI's evaluate, the volume's "
+                    "maximum as data range, PSNR over the whole volume"),
+    }
+
+
+def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[str], writer,
+              seconds: float = 0.0) -> Dict[str, Any]:
+    """:func:`item_metrics` of the plan's items, with the run's settings and its throughput: ``seconds`` of
+    reconstruction (reading, fitting and writing the chunks) and the items per hour it gives."""
+    return {
+        "data": describe_source(plan.items),
+        "weights": str(plan.weights),
+        "out": str(plan.out),
+        "steps": plan.steps,
+        **item_metrics(plan.items, plan.kind, done_now, failed, writer),
         "chunk_size": plan.chunk_size,
         "warm_start": plan.warm_start,
         "warm_steps": plan.steps_for(warm=True) if plan.warm_start else None,
@@ -653,25 +672,36 @@ def summarize(plan: Plan, done_now: Dict[str, Dict[str, Any]], failed: Sequence[
         "heldout_slices": plan.heldout_slices if plan.stop == "heldout" and plan.warm_start else None,
         "mean_with": plan.model_args.get("mean_with"),
         "seconds": round(seconds, 3),
-        "items_per_hour": round(len(done_now) * 3600.0 / round(seconds, 3), 1) if done_now and seconds >= 1e-3 else None,
-        "metrics": ("per item: PSNR / SSIM (/ NMSE) of each slice against its target with the slice's own maximum as "
-                    "data range (mean_psnr, mean_ssim: their means); per volume: fastMRI's evaluate, the volume's "
-                    "maximum as data range, PSNR over the whole volume"),
+        "items_per_hour": items_per_hour(len(done_now), seconds),
     }
 
 
+def items_per_hour(count: int, seconds: float) -> Optional[float]:
+    """Throughput of a run that reconstructed ``count`` items in ``seconds`` (None when it did nothing).
+
+    >>> items_per_hour(3, 36.0)
+    300.0
+    """
+    return round(count * 3600.0 / round(seconds, 3), 1) if count and seconds >= 1e-3 else None
+
+
 def summary_table(summary: Dict[str, Any]):
-    """The final rich table: one row per item."""
+    """The final rich table: one row per item (with its lambda where the items record one: ``ugodit classical``).
+    ``summary["command"]`` names the command (default ``ugodit reconstruct``), ``summary["how"]`` how it went
+    through the items (default: chunks, or warm-started chains)."""
     from rich.table import Table
 
-    table = Table(title=f"ugodit reconstruct: {len(summary['items'])} items -> {summary['out']}")
+    table = Table(title=f"{summary.get('command', 'ugodit reconstruct')}: {len(summary['items'])} items -> "
+                        f"{summary['out']}")
+    lamdas = any("lamda" in row for row in summary["items"])
     for column, justify in (("item", "left"), ("status", "left"), ("PSNR (dB)", "right"), ("SSIM", "right"),
-                            ("seconds", "right")):
+                            ("seconds", "right"), *((("lambda", "right"),) if lamdas else ())):
         table.add_column(column, justify=justify)
     for row in summary["items"]:
         table.add_row(row["name"], row["status"], f"{row['psnr']:.2f}" if "psnr" in row else "-",
                       f"{row['ssim']:.3f}" if "ssim" in row else "-",
-                      f"{row['seconds']:.1f}" if "seconds" in row else "-")
+                      f"{row['seconds']:.1f}" if "seconds" in row else "-",
+                      *((f"{row['lamda']:g}" if "lamda" in row else "-",) if lamdas else ()))
     captions = []
     if summary["mean_psnr"] is not None:
         captions.append(f"mean of the slices: PSNR {summary['mean_psnr']:.2f} dB, SSIM {summary['mean_ssim']:.3f} "
@@ -682,9 +712,9 @@ def summary_table(summary: Dict[str, Any]):
     if summary.get("items_per_hour"):
         what = "slices" if summary["volumes"] or any("slice_" in row["name"] for row in summary["items"]) else "images"
         done = sum(row["status"] == "reconstructed" for row in summary["items"])
-        how = ("warm-started, one slice per process at a time" if summary.get("warm_start")
-               else f"chunks of {summary['chunk_size']}")
-        captions.append(f"this run: {done} {what} in {summary['seconds']:.0f} s, {summary['items_per_hour']:.0f} {what} "
+        how = summary.get("how") or ("warm-started, one slice per process at a time" if summary.get("warm_start")
+                                     else f"chunks of {summary['chunk_size']}")
+        captions.append(f"this run: {done} {what[:-1] if done == 1 else what} in {summary['seconds']:.0f} s, {summary['items_per_hour']:.0f} {what} "
                         f"per hour ({how})")
     table.caption = "\n".join(captions) or None
     return table
