@@ -56,12 +56,12 @@ def readme_commands() -> list:
 def test_readme_cli_examples_parse(capsys, monkeypatch):
     """Every ``ugodit`` example of the README parses: LightningCLI lines with --print_config (which checks
     every key and value), the other commands with their own parsers."""
-    from ugodit_pl.apps import classical_volumes, demo, reconstruct
+    from ugodit_pl.apps import classical_volumes, compare, demo, reconstruct
     from ugodit_pl.apps.cli import LIGHTNING_COMMANDS, main
 
     monkeypatch.chdir(ROOT)
     commands = readme_commands()
-    assert {args[0] for args in commands} >= {"fit", "test", "reconstruct", "classical"}
+    assert {args[0] for args in commands} >= {"fit", "test", "reconstruct", "classical", "compare"}
     for args in commands:
         if args[0] in LIGHTNING_COMMANDS:
             assert main([*args, "--print_config"]) == 0, args
@@ -69,6 +69,8 @@ def test_readme_cli_examples_parse(capsys, monkeypatch):
             reconstruct.parse_args(args[1:])
         elif args[0] == "classical":
             classical_volumes.parse_args(args[1:])
+        elif args[0] == "compare":
+            compare.parse_args(args[1:])
         elif args[0] == "demo":
             demo.parse_args(args[1:])
         else:

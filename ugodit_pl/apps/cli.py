@@ -6,6 +6,7 @@ Commands::
     ugodit demo [--task mri|sr] [--quick] [--out DIR] [--steps N] [--size S]
     ugodit reconstruct --data PATH --weights FILE --out DIR [--steps N] [--config X.yaml]
     ugodit classical --data PATH --out DIR [--method total_variation] [--lamda auto] [--config X.yaml]
+    ugodit compare DIR DIR [DIR ...] [--json FILE]
     ugodit benchmark ...
 
 ``fit`` / ``validate`` / ``test`` / ``predict`` are Lightning's ``LightningCLI`` in subclass mode:
@@ -52,6 +53,7 @@ OTHER_COMMANDS: Dict[str, str] = {
     "demo": "the one-command demo: UGoDIT vs DIP, aSeqDIP, L1-wavelet and TV on real MRI, in minutes on a CPU",
     "reconstruct": "reconstruct every slice of a folder of fastMRI files (or every image) with transferable weights",
     "classical": "total variation, L1-wavelet, CG-SENSE or zero-filled of every slice of a folder of fastMRI files",
+    "compare": "output folders of reconstruct and classical side by side, slice by slice (PSNR, SSIM, differences)",
     "benchmark": "the benchmarks (ugodit benchmark --help)",
 }
 COMMANDS: Dict[str, str] = {**LIGHTNING_COMMANDS, **OTHER_COMMANDS}
@@ -82,6 +84,7 @@ def usage() -> str:
         f"  {PROG} reconstruct --data /data/multicoil_val --weights runs/mri_ugodit_4x/transferable_weights.pt "
         "--out recons",
         f"  {PROG} classical --data /data/multicoil_val --out recons_tv --config configs/mri_ugodit_fit_4x.yaml",
+        f"  {PROG} compare recons recons_tv",
         "",
         f"--debug (or {DEBUG_ENV}=1) shows the full traceback of an error.",
     ]
@@ -340,6 +343,12 @@ def run_classical(argv: Sequence[str]) -> int:
     return classical_main(list(argv))
 
 
+def run_compare(argv: Sequence[str]) -> int:
+    from ugodit_pl.apps.compare import main as compare_main
+
+    return compare_main(list(argv))
+
+
 def run_benchmark(argv: Sequence[str]) -> int:
     from ugodit_pl.apps.benchmarks.cli import main as benchmark_main
 
@@ -350,6 +359,7 @@ RUNNERS: Dict[str, Callable[[Sequence[str]], int]] = {
     "demo": run_demo,
     "reconstruct": run_reconstruct,
     "classical": run_classical,
+    "compare": run_compare,
     "benchmark": run_benchmark,
 }
 

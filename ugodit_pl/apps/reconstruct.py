@@ -714,7 +714,8 @@ def summary_table(summary: Dict[str, Any]):
         done = sum(row["status"] == "reconstructed" for row in summary["items"])
         how = summary.get("how") or ("warm-started, one slice per process at a time" if summary.get("warm_start")
                                      else f"chunks of {summary['chunk_size']}")
-        captions.append(f"this run: {done} {what[:-1] if done == 1 else what} in {summary['seconds']:.0f} s, {summary['items_per_hour']:.0f} {what} "
+        count = f"{done} {what[:-1] if done == 1 else what}"
+        captions.append(f"this run: {count} in {summary['seconds']:.0f} s, {summary['items_per_hour']:.0f} {what} "
                         f"per hour ({how})")
     table.caption = "\n".join(captions) or None
     return table
