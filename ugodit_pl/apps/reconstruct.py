@@ -210,7 +210,8 @@ def read_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     if config["model_class"].rsplit(".", 1)[-1] != "UGoDITFit":
         raise ValueError(
             f"--config {path}: reconstruct fits with transferable weights (ugodit_pl.methods.UGoDITFit), "
-            f"but the config's model is {config['model_class']}; use a *_fit config such as configs/mri_ugodit_fit_4x.yaml"
+            f"but the config's model is {config['model_class']}; use a *_fit config such as "
+            f"configs/mri_ugodit_fit_4x.yaml"
         )
     return config
 
@@ -531,7 +532,8 @@ def run(plan: Plan, *, show_progress: bool = True, console=None) -> Dict[str, An
     if main_process:
         what = "slices" if plan.kind == "mri" else "images"
         largest = max((len(c) for c in work), default=0)
-        console.print(f"[bold]ugodit reconstruct[/bold]: {len(plan.items)} {what} in {describe_source(plan.items)}; "
+        console.print(f"[bold]ugodit reconstruct[/bold]: {len(plan.items)} {what} in "
+                      f"{describe_source(plan.items)}; "
                       f"{len(plan.items) - len(pending)} already written in {plan.out}, {len(pending)} to do in "
                       f"{len(work)} chunk(s) of up to {largest}; {plan.steps} steps each with the transferable "
                       f"weights {plan.weights}")
