@@ -113,7 +113,7 @@ def test_an_interrupted_run_resumes_to_the_same_volume(volume, tmp_path, monkeyp
     summary = json.loads((out / "classical_summary.json").read_text())
     assert [item["status"] for item in summary["items"]] == ["already written", "already written", "reconstructed"]
     np.testing.assert_array_equal(written(out)[0], written(whole)[0])
-    assert [r["lamda"] for r in written(out)[2]] == [0.01] * 3
+    assert [r["lamda"] for r in written(out)[2]] == [0.01] * 3 and summary["lamda"] == 0.01
 
 
 def test_zero_filled_matches_the_library_function_and_an_existing_volume_is_kept(volume, tmp_path):

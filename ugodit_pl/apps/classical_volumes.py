@@ -16,9 +16,9 @@ Outputs are those of ``ugodit reconstruct``: ``OUT/<file>.h5`` volumes in the fa
 (``ReconstructionWriter``), each slice with its PSNR / SSIM against the file's target when it is fully
 sampled, its lambda, the rule that chose it and its seconds; every slice is written atomically, so an
 interrupted run loses at most the slice in progress and the same command resumes it (assembling first
-the slices it left in ``OUT/.partial``). Every selected
-slice is read and checked before the first is reconstructed. ``OUT/classical_summary.json`` and the
-final table list every slice with per-volume metrics (fastMRI's convention).
+the slices it left in ``OUT/.partial``). Every selected slice is read and checked before the first is
+reconstructed. ``OUT/classical_summary.json`` and the final table list every slice with per-volume
+metrics (fastMRI's convention).
 
 Usage::
 
@@ -60,7 +60,7 @@ class ClassicalPlan:
     items: List[Item]
     out: Path
     method: str = "total_variation"
-    lamda: Optional[float] = None  # None: chosen per slice (TV, L1) or the method's default (SENSE)
+    lamda: Optional[float] = None  # None: chosen per slice (TV, L1); SENSE's is a number, zero-filled has none
     data_args: Dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     overwrite: bool = False
@@ -119,6 +119,10 @@ def make_plan(args: argparse.Namespace) -> ClassicalPlan:
         raise ValueError(f"--device {args.device}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this torch sees no CUDA device")
+    if args.method == "sense" and lamda is None:
+        from ugodit_pl.classical import SENSE_LAMDA
+
+        lamda = SENSE_LAMDA
     plan = ClassicalPlan(items, Path(args.out), args.method, lamda, data_args, str(device), bool(args.overwrite))
     check_output(plan.out)
     plan.datamodule(plan.items).check()

@@ -113,18 +113,21 @@ def compare(folders: Sequence[Folder]) -> Dict[str, Any]:
 
     keys = common_slices(folders)
     check_targets(folders, keys)
-    target = torch.from_numpy(np.stack([folders[0].targets[key] for key in keys]))[:, None]
+
+    def stacked(arrays: Dict[Key, np.ndarray], chosen: Sequence[Key]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([arrays[key] for key in chosen]))[:, None]  # (S, 1, H, W)
+
     per_folder = []
     for folder in folders:
-        recon = torch.from_numpy(np.stack([folder.images[key] for key in keys]))[:, None]
-        values = mri_metrics(recon, target)
+        slices = [mri_metrics(stacked(folder.images, [key]), stacked(folders[0].targets, [key])) for key in keys]
         volumes = {}
-        for name in sorted({key[0] for key in keys}):
-            rows = [k for k, key in enumerate(keys) if key[0] == name]
-            volumes[name] = {m: round(float(v), 4) for m, v in volume_metrics(recon[rows], target[rows]).items()}
+        for name in sorted({key[0] for key in keys}):  # the slices of one volume share its size
+            chosen = [key for key in keys if key[0] == name]
+            values = volume_metrics(stacked(folder.images, chosen), stacked(folders[0].targets, chosen))
+            volumes[name] = {m: round(float(v), 4) for m, v in values.items()}
         per_folder.append({"folder": str(folder.path), "label": folder.label,
-                           "psnr": [round(float(v), 4) for v in values["psnr"]],
-                           "ssim": [round(float(v), 4) for v in values["ssim"]], "volumes": volumes})
+                           "psnr": [round(float(v["psnr"][0]), 4) for v in slices],
+                           "ssim": [round(float(v["ssim"][0]), 4) for v in slices], "volumes": volumes})
     reference = np.asarray(per_folder[0]["psnr"])
     for entry in per_folder:
         difference = np.asarray(entry["psnr"]) - reference
