@@ -44,10 +44,11 @@ from ugodit_pl.apps.io import write_json
 from ugodit_pl.apps.reconstruct import (Item, check_output, config_sections, describe_source, find_items,
                                         item_metrics, items_per_hour, summary_table)
 from ugodit_pl.apps.runtime import progress_display
+from ugodit_pl.lamda_rules import RECONSTRUCTIONS
 
-METHODS = ("total_variation", "l1_wavelet", "sense", "zero_filled")
-#: The methods whose lambda a rule can choose (``ugodit_pl.lamda_rules.RECONSTRUCTIONS``).
-TUNED = ("total_variation", "l1_wavelet")
+#: The methods whose lambda a rule can choose.
+TUNED = tuple(RECONSTRUCTIONS)
+METHODS = (*TUNED, "sense", "zero_filled")
 SUMMARY = "classical_summary.json"
 # Keys of a config's data.init_args that name the data (``--data`` and ``--slices`` do here).
 _DATA_SELECTION_KEYS = ("test_files", "test_slices", "pretrain_files", "pretrain_slices", "role", "data_dir")
